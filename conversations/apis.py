@@ -1,0 +1,182 @@
+"""REST API for conversations and messages: thin views over services and selectors."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from conversations import selectors, services
+from conversations.models import Conversation, Message
+from inference.serializers import JobOutputSerializer
+from llmproject.pagination import PageNumberPagination
+
+
+def websocket_path(conversation_id: int) -> str:
+    return f"/ws/conversations/{conversation_id}/"
+
+
+class ConversationOutputSerializer(serializers.ModelSerializer):
+    websocket = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Conversation
+        fields = ["id", "title", "model", "created_at", "updated_at", "websocket"]
+
+    def get_websocket(self, obj: Conversation) -> str:
+        return websocket_path(obj.pk)
+
+
+class MessageOutputSerializer(serializers.ModelSerializer):
+    conversation_id = serializers.IntegerField(read_only=True)
+    job_id = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Message
+        fields = [
+            "id",
+            "conversation_id",
+            "role",
+            "content",
+            "status",
+            "model",
+            "error",
+            "finish_reason",
+            "prompt_tokens",
+            "completion_tokens",
+            "job_id",
+            "created_at",
+            "queued_at",
+            "started_at",
+            "first_token_at",
+            "finished_at",
+        ]
+
+    def get_job_id(self, obj: Message) -> int | None:
+        job = getattr(obj, "job", None) if obj.role == Message.Role.ASSISTANT else None
+        return job.pk if job is not None else None
+
+
+class StopField(serializers.Field):
+    """``stop`` is a string or a list of strings, as in OpenAI's API."""
+
+    default_error_messages = {"invalid": "must be a string or a list of strings"}
+
+    def to_internal_value(self, data: object) -> list[str]:
+        if isinstance(data, str):
+            return [data]
+        if isinstance(data, list) and all(isinstance(s, str) for s in data):
+            return data
+        self.fail("invalid")
+
+    def to_representation(self, value: list[str]) -> list[str]:
+        return value
+
+
+class ConversationListCreateApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        title = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+        model = serializers.CharField(max_length=100, required=False)
+
+    @extend_schema(responses=ConversationOutputSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        paginator = PageNumberPagination()
+        page = paginator.paginate_queryset(
+            selectors.conversation_list(owner=request.user), request, view=self
+        )
+        return paginator.get_paginated_response(ConversationOutputSerializer(page, many=True).data)
+
+    @extend_schema(request=InputSerializer, responses={201: ConversationOutputSerializer})
+    def post(self, request: Request) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        conversation = services.conversation_create(owner=request.user, **serializer.validated_data)
+        return Response(ConversationOutputSerializer(conversation).data, status=status.HTTP_201_CREATED)
+
+
+class ConversationDetailApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        title = serializers.CharField(max_length=200, required=False, allow_blank=True)
+        model = serializers.CharField(max_length=100, required=False)
+
+    @extend_schema(responses=ConversationOutputSerializer)
+    def get(self, request: Request, conversation_id: int) -> Response:
+        conversation = selectors.conversation_get(owner=request.user, conversation_id=conversation_id)
+        return Response(ConversationOutputSerializer(conversation).data)
+
+    @extend_schema(request=InputSerializer, responses=ConversationOutputSerializer)
+    def patch(self, request: Request, conversation_id: int) -> Response:
+        conversation = selectors.conversation_get(owner=request.user, conversation_id=conversation_id)
+        serializer = self.InputSerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        conversation = services.conversation_update(conversation=conversation, **serializer.validated_data)
+        return Response(ConversationOutputSerializer(conversation).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, conversation_id: int) -> Response:
+        conversation = selectors.conversation_get(owner=request.user, conversation_id=conversation_id)
+        services.conversation_delete(conversation=conversation)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class MessageListCreateApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        content = serializers.CharField(max_length=settings.LLM_MAX_MESSAGE_CHARS, trim_whitespace=False)
+        model = serializers.CharField(max_length=100, required=False)
+        max_tokens = serializers.IntegerField(required=False, min_value=1)
+        temperature = serializers.FloatField(required=False, min_value=0.0, max_value=2.0)
+        top_p = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
+        stop = StopField(required=False)
+        seed = serializers.IntegerField(required=False, min_value=0, max_value=2**63 - 1)
+        ignore_eos = serializers.BooleanField(required=False, default=False)
+        priority = serializers.IntegerField(required=False, min_value=0, max_value=9, default=5)
+
+        def validate_content(self, value: str) -> str:
+            if not value.strip():
+                raise serializers.ValidationError("This field may not be blank.")
+            return value
+
+    @extend_schema(responses=MessageOutputSerializer(many=True))
+    def get(self, request: Request, conversation_id: int) -> Response:
+        conversation = selectors.conversation_get(owner=request.user, conversation_id=conversation_id)
+        paginator = PageNumberPagination()
+        page = paginator.paginate_queryset(
+            selectors.message_list(conversation=conversation), request, view=self
+        )
+        return paginator.get_paginated_response(MessageOutputSerializer(page, many=True).data)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            202: inline_serializer(
+                "MessagePosted",
+                {
+                    "user_message": MessageOutputSerializer(),
+                    "assistant_message": MessageOutputSerializer(),
+                    "job": JobOutputSerializer(),
+                    "websocket": serializers.CharField(),
+                },
+            )
+        },
+    )
+    def post(self, request: Request, conversation_id: int) -> Response:
+        conversation = selectors.conversation_get(owner=request.user, conversation_id=conversation_id)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        content, model, priority = data.pop("content"), data.pop("model", None), data.pop("priority")
+        posted = services.message_post(
+            conversation=conversation, content=content, model=model, params=data, priority=priority
+        )
+        body = {
+            "user_message": MessageOutputSerializer(posted.user_message).data,
+            "assistant_message": MessageOutputSerializer(posted.assistant_message).data,
+            "job": JobOutputSerializer(posted.job).data,
+            "websocket": websocket_path(conversation.pk),
+        }
+        location = reverse("job-detail", kwargs={"job_id": posted.job.pk})
+        return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": location})

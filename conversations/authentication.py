@@ -1,0 +1,71 @@
+"""API keys: ``Authorization: Bearer <key>`` for REST, WebSocket and OpenAI clients."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import timedelta
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.utils import timezone
+from rest_framework import authentication, exceptions
+from rest_framework.request import Request
+
+from conversations.models import ApiKey
+
+KEY_PREFIX = "llm-"
+_PREFIX_CHARS = 12
+# Writing last_used_at on every request would make every read a write.
+_LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def _hash(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def api_key_create(*, user: AbstractBaseUser, name: str = "") -> tuple[ApiKey, str]:
+    """Create a key; returns it with the secret, which is shown once and never stored."""
+    raw = KEY_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey.objects.create(
+        user=user, name=name, prefix=raw[len(KEY_PREFIX) :][:_PREFIX_CHARS], key_hash=_hash(raw)
+    )
+    return key, raw
+
+
+def api_key_user(*, raw: str) -> AbstractBaseUser | None:
+    """The active user owning ``raw``, or None for an unknown, revoked or inactive key."""
+    if not raw.startswith(KEY_PREFIX):
+        return None
+    prefix = raw[len(KEY_PREFIX) :][:_PREFIX_CHARS]
+    key = ApiKey.objects.select_related("user").filter(prefix=prefix, revoked_at__isnull=True).first()
+    if key is None or not hmac.compare_digest(key.key_hash, _hash(raw)) or not key.user.is_active:
+        return None
+    now = timezone.now()
+    if key.last_used_at is None or now - key.last_used_at > _LAST_USED_RESOLUTION:
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+    return key.user
+
+
+def bearer_token(authorization: str) -> str | None:
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    def authenticate(self, request: Request) -> tuple[AbstractBaseUser, None] | None:
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        if not header:
+            return None
+        token = bearer_token(header)
+        if token is None:
+            raise exceptions.AuthenticationFailed("use 'Authorization: Bearer <api key>'")
+        user = api_key_user(raw=token)
+        if user is None:
+            raise exceptions.AuthenticationFailed("invalid or revoked API key")
+        return user, None
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="api"'

@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from conversations import apis
+
+urlpatterns = [
+    path("conversations/", apis.ConversationListCreateApi.as_view(), name="conversation-list"),
+    path(
+        "conversations/<int:conversation_id>/",
+        apis.ConversationDetailApi.as_view(),
+        name="conversation-detail",
+    ),
+    path(
+        "conversations/<int:conversation_id>/messages/",
+        apis.MessageListCreateApi.as_view(),
+        name="message-list",
+    ),
+]

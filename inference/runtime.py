@@ -1,0 +1,194 @@
+"""The worker process's one engine, on its own event-loop thread.
+
+A worker serves one model. At start (Celery's ``worker_init``, before it
+consumes anything) it builds the model's engine on a dedicated asyncio loop in
+a daemon thread. Each Celery task thread then hands its generation coroutine
+to that loop with ``run_coroutine_threadsafe`` and blocks on the result, so
+many tasks are in flight against the same engine at once and it can batch
+them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Coroutine
+from typing import Any, Literal, TypeVar
+
+from django.utils import timezone
+
+from inference import streaming
+from inference.engines.base import Engine, GenerationRequest
+from inference.generation import GenerationResult, generate_and_stream
+from inference.registry import ModelSpec
+from inference.streaming import EventPublisher
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+StopReason = Literal["cancel", "shutdown"]
+
+
+def load_engine(spec: ModelSpec) -> Engine:
+    """Import the engine class named by the registry and instantiate it (not started)."""
+    module_path, _, class_name = spec.engine_path.rpartition(".")
+    engine_cls = getattr(importlib.import_module(module_path), class_name)
+    return engine_cls(model=spec.name, options=spec.engine_options)  # type: ignore[no-any-return]
+
+
+class EngineHost:
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, name=f"engine-{spec.name}", daemon=True)
+        self.engine: Engine | None = None
+        self.publisher: EventPublisher | None = None
+        # Engine-loop state only (never touched from other threads):
+        self._inflight: dict[int, str] = {}  # job id -> engine request id
+        self._stop_reasons: dict[str, StopReason] = {}  # request id -> why it was aborted
+        self._early_cancels: dict[int, float] = {}  # job id -> when its cancel arrived
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def start(self) -> None:
+        """Start the loop thread, the engine and the event publisher. Raises if the engine cannot start."""
+        self._thread.start()
+        self.run(self._start())
+        logger.info("engine %s (%s) ready", self.spec.name, self.spec.engine)
+
+    async def _start(self) -> None:
+        engine = load_engine(self.spec)
+        await engine.start()
+        self.engine = engine
+        self.publisher = EventPublisher()
+        self.publisher.start()
+        streaming.set_process_publisher(self.publisher, self.loop)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the engine loop and wait for its result (from another thread)."""
+        future = self.submit(coro)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+
+    async def generate(
+        self,
+        *,
+        job_id: int,
+        request: GenerationRequest,
+        conversation_id: int,
+        message_id: int,
+        time_limit: float,
+    ) -> tuple[GenerationResult, StopReason | None]:
+        """Run one job's generation, abortable by ``cancel_job`` and ``abort_all``.
+
+        Returns the result and, if it was aborted, why ("cancel" or "shutdown").
+        """
+        assert self.engine is not None and self.publisher is not None
+        self._inflight[job_id] = request.request_id
+        try:
+            if self._early_cancels.pop(job_id, None) is not None:
+                # Cancelled between the claim and now: never start it.
+                self._stop_reasons[request.request_id] = "cancel"
+                now = timezone.now()
+                return GenerationResult("", "abort", 0, 0, None, now), "cancel"
+            result = await generate_and_stream(
+                engine=self.engine,
+                publisher=self.publisher,
+                request=request,
+                conversation_id=conversation_id,
+                message_id=message_id,
+                time_limit=time_limit,
+            )
+            return result, self._stop_reasons.get(request.request_id)
+        finally:
+            self._inflight.pop(job_id, None)
+            self._stop_reasons.pop(request.request_id, None)
+
+    def cancel_job(self, job_id: int) -> None:
+        """Abort ``job_id`` if this worker runs it (thread-safe, returns at once)."""
+        self.submit(self._abort(job_id, "cancel"))
+
+    def abort_all(self, reason: StopReason) -> concurrent.futures.Future[int]:
+        """Abort every generation in flight (thread-safe); the future gives how many."""
+
+        async def _abort_all() -> int:
+            jobs = list(self._inflight)
+            for job_id in jobs:
+                await self._abort(job_id, reason)
+            return len(jobs)
+
+        return self.submit(_abort_all())
+
+    async def _abort(self, job_id: int, reason: StopReason) -> None:
+        assert self.engine is not None
+        request_id = self._inflight.get(job_id)
+        if request_id is None:
+            if reason == "cancel":
+                # The cancel may have overtaken the job's start on this worker;
+                # remember it a while (it may as well be another worker's job).
+                now = time.monotonic()
+                self._early_cancels = {j: t for j, t in self._early_cancels.items() if now - t < 60}
+                self._early_cancels[job_id] = now
+            return
+        self._stop_reasons.setdefault(request_id, reason)
+        await self.engine.abort(request_id)
+
+    def stop(self, timeout: float = 30) -> None:
+        """Shut the engine down and stop the loop. Safe to call twice."""
+        if not self.loop.is_running():
+            return
+
+        streaming.set_process_publisher(None, None)
+
+        async def _stop() -> None:
+            if self.engine is not None:
+                await self.engine.shutdown()
+            if self.publisher is not None:
+                await self.publisher.close()
+
+        try:
+            self.run(_stop(), timeout)
+        except Exception:
+            logger.exception("engine %s did not shut down cleanly", self.spec.name)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout)
+
+
+_host: EngineHost | None = None
+
+
+def start_host(spec: ModelSpec) -> EngineHost:
+    global _host
+    if _host is not None:
+        raise RuntimeError(f"this process already serves {_host.spec.name}")
+    host = EngineHost(spec)
+    host.start()
+    _host = host
+    return host
+
+
+def current_host() -> EngineHost:
+    if _host is None:
+        raise RuntimeError(
+            "no engine in this process: inference tasks run only in a model worker "
+            "(python manage.py run_workers)"
+        )
+    return _host
+
+
+def stop_host() -> None:
+    global _host
+    if _host is not None:
+        _host.stop()
+        _host = None

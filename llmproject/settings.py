@@ -1,0 +1,250 @@
+"""Settings, read from the environment in this one place (django-environ).
+
+Grouped by concern: core, database, Redis, API, Channels, Celery, inference.
+Every variable has a default that works for `make run` on a laptop.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = BASE_DIR / "var"  # SQLite database, local models, run state
+VAR_DIR.mkdir(exist_ok=True)
+(VAR_DIR / "static").mkdir(exist_ok=True)  # whitenoise warns when STATIC_ROOT is missing
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+# --- Core -------------------------------------------------------------------
+SECRET_KEY = env.str("SECRET_KEY", default="dev-insecure-change-me-0123456789abcdefghijklmnopqrstuvwxyz")
+DEBUG = env.bool("DEBUG", default=False)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "channels",
+    "conversations",
+    "inference",
+    "workers",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    # Serves the admin's and API docs' static files from the ASGI server.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "llmproject.urls"
+ASGI_APPLICATION = "llmproject.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LOGIN_URL = "/admin/login/"
+
+# --- Database ---------------------------------------------------------------
+# PostgreSQL when DATABASE_URL says so; otherwise an embedded SQLite file.
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Worker threads write concurrently: IMMEDIATE takes the write lock up
+    # front (no deadlocked upgrades) and the timeout makes writers wait instead
+    # of failing with "locked". WAL (readers beside the writer) is set once, on
+    # migrate (conversations.apps): it stays in the file, and asking for it on
+    # every connection waits on other connections' locks.
+    # https://docs.djangoproject.com/en/5.2/ref/databases/#sqlite-transaction-behavior
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA synchronous=NORMAL;",
+    }
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
+
+# --- Redis ------------------------------------------------------------------
+# One Redis serves as Celery broker, channel layer and stream log.
+REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+
+# --- API --------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "conversations.authentication.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "llmproject.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "llmproject.exception_handler.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "LLM serving platform API",
+    "DESCRIPTION": "Post chat messages, follow inference jobs, stream answers.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+# A user message longer than this is refused with a 400.
+LLM_MAX_MESSAGE_CHARS = env.int("LLM_MAX_MESSAGE_CHARS", default=32_000)
+
+# --- Channels ---------------------------------------------------------------
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            # redis-py 8 reads with a 5 s socket timeout by default, the same as
+            # channels-redis's 5 s BZPOPMIN: an idle consumer's read could time
+            # out just before the server answers, killing the WebSocket.
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+            "prefix": "llm:channels:",
+            # group_send silently drops messages for a channel holding
+            # `capacity` unread ones (default 100). Raise it, and let the
+            # consumer fill any gap from the per-conversation Redis stream
+            # (inference.streaming), which never drops.
+            "capacity": env.int("CHANNEL_CAPACITY", default=2000),
+            "expiry": 60,
+        },
+    }
+}
+# Events kept per conversation for reconnecting clients to catch up.
+LLM_STREAM_MAXLEN = env.int("LLM_STREAM_MAXLEN", default=10_000)
+LLM_STREAM_TTL_SECONDS = env.int("LLM_STREAM_TTL_SECONDS", default=7 * 24 * 3600)
+# Deltas are coalesced and flushed every this many seconds, or every
+# LLM_STREAM_FLUSH_TOKENS tokens, whichever comes first.
+LLM_STREAM_FLUSH_INTERVAL = env.float("LLM_STREAM_FLUSH_INTERVAL", default=0.02)
+LLM_STREAM_FLUSH_TOKENS = env.int("LLM_STREAM_FLUSH_TOKENS", default=8)
+
+# --- Celery -----------------------------------------------------------------
+# Longest a generation may run; the worker aborts it after this. The threads
+# pool has no time limits of its own, so inference.services enforces it.
+LLM_JOB_TIME_LIMIT = env.int("LLM_JOB_TIME_LIMIT", default=600)
+# An unacked message is redelivered after the visibility timeout: it must be
+# longer than the longest job or a running job gets delivered twice.
+# https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout
+LLM_VISIBILITY_TIMEOUT = env.int("LLM_VISIBILITY_TIMEOUT", default=LLM_JOB_TIME_LIMIT + 300)
+# Deliveries of one job before it is given up (covers worker crashes too).
+LLM_MAX_ATTEMPTS = env.int("LLM_MAX_ATTEMPTS", default=3)
+# On SIGTERM a worker lets answers in flight run this long, then requeues the rest.
+LLM_SHUTDOWN_GRACE = env.float("LLM_SHUTDOWN_GRACE", default=30)
+# Retry n waits a random time up to LLM_RETRY_BACKOFF * 2**n seconds (max 60).
+LLM_RETRY_BACKOFF = env.int("LLM_RETRY_BACKOFF", default=2)
+
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": LLM_VISIBILITY_TIMEOUT,
+    # Priorities 0 (first) .. 9 on Redis are emulated with one list per step.
+    # https://docs.celeryq.dev/en/stable/userguide/routing.html#redis-message-priorities
+    "queue_order_strategy": "priority",
+    "priority_steps": list(range(10)),
+    "sep": ":",
+}
+CELERY_RESULT_BACKEND = None  # job state lives in the database
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# A threads-pool worker reserves concurrency x multiplier messages: 1 means a
+# worker never holds a job it cannot start at once, so idle workers get them.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_DEFAULT_PRIORITY = 5
+CELERY_TASK_CREATE_MISSING_QUEUES = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+# Flower needs task events.
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_TASK_TRACK_STARTED = True
+# Publishing when the broker is down fails fast so the API can answer 503.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2}
+
+# --- Inference --------------------------------------------------------------
+# The model registry: model name -> engine, its options and GPU groups. Each
+# model gets a queue "llm.<name>"; `manage.py run_workers` starts one worker
+# per GPU group ("gpus": [[0], [1]]), or per CPU group on CPU hosts ("cpus":
+# ["0-7", "8-15"], vLLM's thread binding), or one worker. Override with
+# LLM_MODELS (JSON) or LLM_MODELS_FILE (path to a JSON file).
+# The tiny local checkpoint (`manage.py create_tiny_model`; `make run` makes it):
+# random weights, gibberish text, but the real vLLM engine, offline.
+LLM_TINY_MODEL_PATH = env.str("LLM_TINY_MODEL_PATH", default=str(VAR_DIR / "models" / "tiny"))
+LLM_DEFAULT_MODELS = {
+    "tiny": {
+        "engine": "vllm",
+        "description": "Tiny local Llama on vLLM (random weights: the real engine, gibberish text).",
+        "max_model_len": 2048,
+        "default_max_tokens": 64,
+        "options": {
+            "model": LLM_TINY_MODEL_PATH,
+            "max_num_seqs": 64,
+            "dtype": "float32",
+            "enforce_eager": True,
+            "kv_cache_memory_bytes": 512 * 1024 * 1024,
+        },
+        "gpus": [],
+    },
+    "echo": {
+        "engine": "simulated",
+        "description": "Simulated engine: deterministic text, for load tests and demos.",
+        "max_model_len": 8192,
+        "default_max_tokens": 64,
+        "options": {"max_num_seqs": 64, "step_time": 0.02, "step_time_per_seq": 0.0005},
+        "gpus": [],
+    },
+}
+if env.str("LLM_MODELS_FILE", default=""):
+    LLM_MODELS = json.loads(Path(env.str("LLM_MODELS_FILE")).read_text())
+else:
+    LLM_MODELS = env.json("LLM_MODELS", default=LLM_DEFAULT_MODELS)
+LLM_DEFAULT_MODEL = env.str("LLM_DEFAULT_MODEL", default=next(iter(LLM_MODELS)))
+
+# --- Logging ----------------------------------------------------------------
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

@@ -1,0 +1,191 @@
+"""Shared fixtures: users with API keys, and a real model worker process.
+
+Integration tests run against real services: the Redis of the settings
+(database 15), the test database, and a Celery worker started the way
+production starts it (``manage.py run_workers``), serving the simulated
+engine.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection
+from rest_framework.test import APIClient
+
+from conversations.authentication import api_key_create
+from llmproject.celery import app as celery_app
+from tests.factories import UserFactory
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ApiUser:
+    user: Any
+    key: str
+
+    @property
+    def auth_header(self) -> dict[str, str]:
+        return {"HTTP_AUTHORIZATION": f"Bearer {self.key}"}
+
+    def client(self) -> APIClient:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {self.key}")
+        return client
+
+
+@pytest.fixture
+def make_api_user(db: None) -> Callable[..., ApiUser]:
+    def make(**kwargs: Any) -> ApiUser:
+        user = UserFactory(**kwargs)
+        _, raw = api_key_create(user=user)
+        return ApiUser(user=user, key=raw)
+
+    return make
+
+
+@pytest.fixture
+def api_user(make_api_user: Callable[..., ApiUser]) -> ApiUser:
+    return make_api_user()
+
+
+@pytest.fixture(autouse=True)
+def _clean_stream_keys() -> Iterator[None]:
+    """Conversation ids can repeat across tests (SQLite reuses them): drop their streams.
+
+    Only the platform's stream keys go; Celery's queue bindings in the same
+    database must stay or the running worker stops receiving.
+    """
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    keys = list(client.scan_iter("llm:{conv:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+    yield
+
+
+def _database_url() -> str:
+    """A URL for the test database, for processes started by the tests."""
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{Path(db['NAME']).resolve()}"
+    user = db.get("USER") or ""
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    auth = f"{user}{password}@" if user else ""
+    port = f":{db['PORT']}" if db.get("PORT") else ""
+    return f"postgres://{auth}{db.get('HOST') or 'localhost'}{port}/{db['NAME']}"
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        DATABASE_URL=_database_url(),
+        REDIS_URL=settings.REDIS_URL,
+        TEST_REDIS_URL=settings.REDIS_URL,
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """``manage.py run_workers <model>`` in a subprocess, with its log in a file."""
+
+    def __init__(self, model: str, log_path: Path, **env: str) -> None:
+        self.model = model
+        self.log_path = log_path
+        self.log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), "run_workers", model, "--loglevel=info"],
+            env=worker_env(**env),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        self.name = f"{model}-0@{os.uname().nodename}"
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.output()}")
+            if celery_app.control.ping(destination=[self.name], timeout=0.5):
+                return
+        raise RuntimeError(f"worker not ready after {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def engine_stats(self, *, reset: bool = False) -> dict[str, Any]:
+        replies = celery_app.control.broadcast(
+            "engine_stats", arguments={"reset": reset}, destination=[self.name], reply=True, timeout=5
+        )
+        assert replies, "worker did not answer engine_stats"
+        return replies[0][self.name]
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_stray_connections(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """Before the test database is dropped, end sessions other threads left open.
+
+    Consumers run their queries in asgiref's executor threads, whose
+    connections pytest-django does not close; PostgreSQL refuses to drop a
+    database with open sessions.
+    """
+    yield
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
+@pytest.fixture(scope="session")
+def echo_worker(
+    django_db_setup: None, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    """The session's worker for model ``echo`` (simulated engine)."""
+    with django_db_blocker.unblock():
+        worker = WorkerProcess("echo", tmp_path_factory.mktemp("worker") / "echo.log")
+    try:
+        worker.wait_ready()
+        yield worker
+    finally:
+        worker.stop()
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float = 20, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)

@@ -1,0 +1,107 @@
+"""The WebSocket consumer's delivery guarantees, with events injected straight into Redis."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from inference import streaming
+from llmproject.asgi import application
+from tests.factories import ConversationFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def store_without_sending(conversation_id: int, event: dict) -> int:
+    """Append to the stream but skip group_send: what channels-redis does to a full channel."""
+    client = streaming.redis_client()
+    script = client.register_script(streaming._APPEND_LUA)
+    marker = "started" if event["event"] == "started" else "final" if event["event"] in ("completed",) else ""
+    return int(
+        await script(
+            keys=list(streaming._keys(conversation_id)),
+            args=[json.dumps(event), 1000, 3600, marker, event["message_id"]],
+        )
+    )
+
+
+async def connect(conversation_id: int, key: str) -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(
+        application,
+        f"/ws/conversations/{conversation_id}/",
+        headers=[(b"authorization", f"Bearer {key}".encode())],
+    )
+    connected, code = await communicator.connect()
+    assert connected, code
+    assert (await communicator.receive_json_from())["event"] == "hello"
+    return communicator
+
+
+async def test_events_dropped_by_the_channel_layer_are_filled_in_from_the_stream(api_user):
+    conversation = await database_sync_to_async(ConversationFactory)(owner=api_user.user)
+    ws = await connect(conversation.pk, api_user.key)
+    await store_without_sending(
+        conversation.pk, {"event": "started", "message_id": 7, "job_id": 1, "attempt": 1}
+    )
+    await store_without_sending(
+        conversation.pk, {"event": "delta", "message_id": 7, "text": "a", "tokens": 1}
+    )
+    await streaming.publish_events(
+        [(conversation.pk, {"event": "delta", "message_id": 7, "text": "b", "tokens": 1})]
+    )
+    received = [await ws.receive_json_from(timeout=5) for _ in range(3)]
+    assert [(e["seq"], e["event"]) for e in received] == [(1, "started"), (2, "delta"), (3, "delta")]
+    assert await ws.receive_nothing(timeout=0.3)
+    await ws.disconnect()
+
+
+async def test_a_dropped_last_event_still_arrives(api_user):
+    conversation = await database_sync_to_async(ConversationFactory)(owner=api_user.user)
+    ws = await connect(conversation.pk, api_user.key)
+    await streaming.publish_events(
+        [(conversation.pk, {"event": "started", "message_id": 7, "job_id": 1, "attempt": 1})]
+    )
+    assert (await ws.receive_json_from(timeout=5))["event"] == "started"
+    # Nothing follows the dropped "completed" to reveal a gap: the stall check finds it.
+    await store_without_sending(
+        conversation.pk,
+        {
+            "event": "completed",
+            "message_id": 7,
+            "content": "done",
+            "finish_reason": "stop",
+            "prompt_tokens": 1,
+            "completion_tokens": 1,
+            "timings": {},
+        },
+    )
+    completed = await ws.receive_json_from(timeout=5)
+    assert (completed["event"], completed["seq"], completed["content"]) == ("completed", 2, "done")
+    await ws.disconnect()
+
+
+async def test_a_client_can_ask_to_replay_from_a_seq(api_user):
+    conversation = await database_sync_to_async(ConversationFactory)(owner=api_user.user)
+    for text in "abc":
+        await streaming.publish_events(
+            [(conversation.pk, {"event": "delta", "message_id": 7, "text": text, "tokens": 1})]
+        )
+    ws = await connect(conversation.pk, api_user.key)
+    await ws.send_json_to({"type": "resume", "after": 1})
+    received = [await ws.receive_json_from(timeout=5) for _ in range(2)]
+    assert [(e["seq"], e["text"]) for e in received] == [(2, "b"), (3, "c")]
+    await ws.send_json_to({"type": "resume", "after": "x"})
+    assert (await ws.receive_json_from())["event"] == "error"
+    await ws.disconnect()
+
+
+async def test_a_browser_session_from_another_origin_is_refused(api_user):
+    conversation = await database_sync_to_async(ConversationFactory)(owner=api_user.user)
+    communicator = WebsocketCommunicator(
+        application, f"/ws/conversations/{conversation.pk}/", headers=[(b"origin", b"https://evil.example")]
+    )
+    connected, _ = await communicator.connect()
+    assert not connected

@@ -1,0 +1,44 @@
+"""Publishing jobs: after commit, to the model's queue, and what happens when the broker is down."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from conversations.models import ConversationEvent, Message
+from inference.models import InferenceJob
+from llmproject.celery import app as celery_app
+from tests.factories import ConversationFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def broker_down() -> Iterator[None]:
+    """Point the Celery app at a port where nothing listens."""
+    original = celery_app.conf.broker_url
+    celery_app.conf.broker_url = "redis://127.0.0.1:1/0"
+    celery_app._after_fork()  # drop the cached connection and producer pools
+    yield
+    celery_app.conf.broker_url = original
+    celery_app._after_fork()
+
+
+def test_when_the_broker_is_down_the_post_is_a_503_and_nothing_is_lost(api_user, broker_down):
+    conversation = ConversationFactory(owner=api_user.user)
+    response = api_user.client().post(
+        f"/api/conversations/{conversation.pk}/messages/", {"content": "hello?"}
+    )
+
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert "queue is unavailable" in response.json()["detail"]
+    user_message, reply = Message.objects.filter(conversation=conversation).order_by("id")
+    assert user_message.content == "hello?"
+    assert (reply.status, reply.error) == (
+        "failed",
+        "the job queue is unavailable; the message was not queued",
+    )
+    assert InferenceJob.objects.get(message=reply).state == "failed"
+    assert ConversationEvent.objects.filter(message=reply, kind="inference_failed").exists()

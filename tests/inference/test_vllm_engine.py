@@ -1,0 +1,164 @@
+"""The real engine: vLLM (CPU build) on the tiny local checkpoint, through the whole stack."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import subprocess
+import sys
+import time
+
+import pytest
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.core.management import call_command
+
+from conversations.models import Message
+from inference.models import InferenceJob
+from tests.conftest import ROOT, WorkerProcess, worker_env
+from tests.factories import ConversationFactory
+from tests.inference.test_pipeline import connect, events_until_final, post
+
+pytestmark = [pytest.mark.vllm, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+WINDOW = settings.LLM_MODELS["tiny"]["max_model_len"]
+
+
+@pytest.fixture(scope="session")
+def tiny_worker(django_db_setup, django_db_blocker, tmp_path_factory):
+    """A worker serving "tiny" on vLLM; the checkpoint is made on first use."""
+    call_command("create_tiny_model", path=settings.LLM_MODELS["tiny"]["options"]["model"])
+    with django_db_blocker.unblock():
+        worker = WorkerProcess("tiny", tmp_path_factory.mktemp("vllm") / "tiny.log")
+    try:
+        worker.wait_ready(timeout=240)
+        yield worker
+    finally:
+        worker.stop(timeout=60)
+
+
+def words(n: int, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    vocabulary = "the queue holds many answers while every worker streams tokens to a client".split()
+    return " ".join(rng.choice(vocabulary) for _ in range(n))
+
+
+async def test_a_message_is_answered_by_vllm_through_rest_queue_websocket_and_database(tiny_worker, api_user):
+    conversation = await database_sync_to_async(ConversationFactory)(owner=api_user.user, model="tiny")
+    ws = await connect(conversation.pk, api_user.key)
+    posted = await post(
+        api_user, conversation.pk, {"content": "Hello, tiny model!", "max_tokens": 24, "ignore_eos": True}
+    )
+    events = await events_until_final(ws, timeout=60)
+    await ws.disconnect()
+
+    completed = events[-1]
+    assert completed["event"] == "completed", events[-1]
+    streamed = "".join(e["text"] for e in events if e["event"] == "delta")
+    assert streamed == completed["content"] and streamed
+    assert completed["completion_tokens"] == 24
+    assert completed["prompt_tokens"] > 5  # the chat template wraps the message
+    message = await database_sync_to_async(Message.objects.get)(pk=posted["assistant_message"]["id"])
+    assert (message.status, message.content, message.completion_tokens) == ("completed", streamed, 24)
+
+
+async def test_16_concurrent_jobs_are_batched_by_vllm(tiny_worker, api_user):
+    tiny_worker.engine_stats(reset=True)
+    conversations = [
+        await database_sync_to_async(ConversationFactory)(owner=api_user.user, model="tiny")
+        for _ in range(16)
+    ]
+    sockets = [await connect(c.pk, api_user.key) for c in conversations]
+    await asyncio.gather(
+        *(
+            post(api_user, c.pk, {"content": words(20, i), "max_tokens": 320, "ignore_eos": True})
+            for i, c in enumerate(conversations)
+        )
+    )
+    streams = await asyncio.gather(*(events_until_final(ws, timeout=120) for ws in sockets))
+    for ws in sockets:
+        await ws.disconnect()
+
+    assert all(s[-1]["event"] == "completed" and s[-1]["completion_tokens"] == 320 for s in streams)
+    stats = tiny_worker.engine_stats()
+    print(f"vLLM steps by batch size: {stats['batch_sizes']}, max running {stats['max_running']}")
+    assert stats["max_batch_size"] >= 12, stats  # vLLM's own per-step counts
+    assert stats["max_running"] >= 12
+
+
+async def test_cancel_stops_vllm_within_a_step_and_frees_the_slot(tiny_worker, api_user):
+    conversation = await database_sync_to_async(ConversationFactory)(owner=api_user.user, model="tiny")
+    ws = await connect(conversation.pk, api_user.key)
+    posted = await post(api_user, conversation.pk, {"content": "go", "max_tokens": 450, "ignore_eos": True})
+    seen = [await ws.receive_json_from(timeout=60) for _ in range(3)]
+    asked = time.monotonic()
+    response = await database_sync_to_async(
+        lambda: api_user.client().post(f"/api/jobs/{posted['job']['id']}/cancel/")
+    )()
+    assert response.status_code == 202
+    rest = await events_until_final(ws, timeout=10)
+    took = time.monotonic() - asked
+    await ws.disconnect()
+
+    assert rest[-1]["event"] == "cancelled"
+    assert took < 2, took
+    partial = "".join(e["text"] for e in seen + rest if e["event"] == "delta")
+    assert rest[-1]["content"] == partial
+    message = await database_sync_to_async(Message.objects.get)(pk=posted["assistant_message"]["id"])
+    assert (message.status, message.content) == ("cancelled", partial)
+    assert 0 < message.completion_tokens < 450
+    # The slot is free: once a later request is done, vLLM's scheduler runs nothing.
+    await post(api_user, conversation.pk, {"content": "next", "max_tokens": 8, "ignore_eos": True})
+    ws = await connect(conversation.pk, api_user.key)
+    assert (await events_until_final(ws, timeout=60))[-1]["event"] == "completed"
+    await ws.disconnect()
+    stats = tiny_worker.engine_stats()
+    assert (stats["in_flight"], stats["running"], stats["waiting"]) == (0, 0, 0), stats
+
+
+async def test_a_history_longer_than_the_window_is_trimmed_and_still_answered(tiny_worker, api_user):
+    conversation = await database_sync_to_async(ConversationFactory)(owner=api_user.user, model="tiny")
+    ws = await connect(conversation.pk, api_user.key)
+    for turn in range(5):
+        await post(
+            api_user, conversation.pk, {"content": words(120, turn), "max_tokens": 48, "ignore_eos": True}
+        )
+        completed = (await events_until_final(ws, timeout=60))[-1]
+        assert completed["event"] == "completed", completed
+    await ws.disconnect()
+
+    messages = await database_sync_to_async(lambda: list(conversation.messages.order_by("id")))()
+    user_words = sum(len(m.content.split()) for m in messages if m.role == "user")
+    assert user_words > WINDOW  # far more than fits: every word is at least one token
+    assert completed["prompt_tokens"] + 48 <= WINDOW
+
+
+async def test_a_message_that_cannot_fit_the_window_is_refused_with_the_limit(api_user):
+    conversation = await database_sync_to_async(ConversationFactory)(owner=api_user.user, model="tiny")
+    call_command("create_tiny_model", path=settings.LLM_MODELS["tiny"]["options"]["model"])
+    response = await database_sync_to_async(
+        lambda: api_user.client().post(
+            f"/api/conversations/{conversation.pk}/messages/", {"content": words(600), "max_tokens": 32}
+        )
+    )()
+    assert response.status_code == 400
+    body = response.json()
+    assert body["field"] == "content"
+    assert f"context window of model 'tiny' ({WINDOW} tokens)" in body["detail"]
+    assert await database_sync_to_async(InferenceJob.objects.count)() == 0
+
+
+def test_a_vllm_worker_whose_model_cannot_load_exits_with_the_reason(tmp_path):
+    models = {"tiny": {**settings.LLM_MODELS["tiny"], "options": {"model": str(tmp_path / "missing")}}}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "run_workers", "tiny"],
+        env=worker_env(LLM_MODELS=json.dumps(models)),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+    )
+    assert result.returncode != 0
+    assert "engine for model 'tiny' could not start" in result.stderr
+    assert "is not a model folder" in result.stderr

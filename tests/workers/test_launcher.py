@@ -1,0 +1,56 @@
+"""The worker launcher: workers from the registry, pinned to their GPU groups."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from django.test import override_settings
+
+from tests.conftest import ROOT, worker_env
+from workers.launcher import worker_specs
+
+MODELS = {
+    "big": {"engine": "vllm", "options": {"model": "x", "max_num_seqs": 128}, "gpus": [[0, 1], [2, 3]]},
+    "small": {"engine": "simulated", "options": {"max_num_seqs": 16}, "gpus": [[4]]},
+    "cpu": {"engine": "simulated", "gpus": []},
+}
+
+
+@override_settings(LLM_MODELS=MODELS)
+def test_one_worker_per_gpu_group_consuming_only_its_models_queue():
+    specs = {s.name.split("@")[0]: s for s in worker_specs()}
+    assert sorted(specs) == ["big-0", "big-1", "cpu-0", "small-0"]
+    assert specs["big-1"].env({})["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert specs["big-1"].env({})["LLM_TENSOR_PARALLEL_SIZE"] == "2"
+    assert specs["small-0"].env({})["CUDA_VISIBLE_DEVICES"] == "4"
+    assert specs["cpu-0"].env({})["CUDA_VISIBLE_DEVICES"] == ""  # sees no GPU at all
+    command = specs["big-0"].command()
+    assert "--queues=llm.big" in command
+    assert "--pool=threads" in command
+    assert "--concurrency=128" in command
+    assert "--prefetch-multiplier=1" in command
+
+
+@override_settings(LLM_MODELS=MODELS)
+def test_asking_for_an_unknown_model_names_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown model.*registry has big, cpu, small"):
+        worker_specs(["nope"])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_whose_engine_cannot_start_exits_with_the_reason():
+    models = {"broken": {"engine": "simulated", "options": {"fail_start": True}, "gpus": []}}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "run_workers", "broken"],
+        env=worker_env(LLM_MODELS=json.dumps(models)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode != 0
+    assert "engine for model 'broken' could not start" in result.stderr
+    assert "failed to load" in result.stderr

@@ -1,0 +1,159 @@
+"""Worker processes from the model registry: one Celery worker per (model, GPU group).
+
+Each worker consumes only its model's queue, sees only its GPU group
+(``CUDA_VISIBLE_DEVICES``), runs tasks in threads (``-P threads``) so that
+many are in flight against its one engine, and takes as many tasks at once as
+the engine runs sequences (prefetch multiplier 1: it never holds a job it
+cannot start).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from inference.registry import ModelSpec, models
+from inference.worker import WORKER_MODEL_ENV
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    model: ModelSpec
+    index: int
+    gpus: tuple[int, ...] | None  # None: no GPU (CPU build, simulated engine)
+    cpus: str | None = None  # CPU set for vLLM's CPU build to bind its threads to
+
+    @property
+    def name(self) -> str:
+        return f"{self.model.name}-{self.index}@{socket.gethostname()}"
+
+    @property
+    def concurrency(self) -> int:
+        return self.model.max_num_seqs
+
+    def command(self, *, loglevel: str = "info") -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "llmproject",
+            "worker",
+            "--pool=threads",
+            f"--concurrency={self.concurrency}",
+            f"--queues={self.model.queue}",
+            f"--hostname={self.name}",
+            "--prefetch-multiplier=1",
+            "--without-mingle",
+            "--without-gossip",
+            "--task-events",
+            f"--loglevel={loglevel}",
+        ]
+
+    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ if base is None else base)
+        env[WORKER_MODEL_ENV] = self.model.name
+        # An empty list hides every GPU: a CPU worker must not grab one.
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, self.gpus or ()))
+        if self.gpus:
+            env["LLM_TENSOR_PARALLEL_SIZE"] = str(len(self.gpus))
+        if self.cpus:
+            # vLLM's CPU build pins its OpenMP threads to these cores.
+            env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpus
+        # No usage reports from engines (they would try the network).
+        env.setdefault("VLLM_NO_USAGE_STATS", "1")
+        env.setdefault("DO_NOT_TRACK", "1")
+        return env
+
+
+def worker_specs(names: Iterable[str] | None = None) -> list[WorkerSpec]:
+    """The workers to run for ``names`` (default: every model in the registry)."""
+    registry = models()
+    selected = list(names) if names else list(registry)
+    unknown = [n for n in selected if n not in registry]
+    if unknown:
+        raise ValueError(f"unknown model(s) {', '.join(unknown)}; registry has {', '.join(registry)}")
+    specs: list[WorkerSpec] = []
+    for name in selected:
+        spec = registry[name]
+        if spec.gpu_groups:
+            specs.extend(WorkerSpec(model=spec, index=i, gpus=g) for i, g in enumerate(spec.gpu_groups))
+        elif spec.cpu_groups:
+            specs.extend(
+                WorkerSpec(model=spec, index=i, gpus=None, cpus=c) for i, c in enumerate(spec.cpu_groups)
+            )
+        else:
+            specs.append(WorkerSpec(model=spec, index=0, gpus=None))
+    return specs
+
+
+def _kill_group(pgid: int, grace: float = 5) -> None:
+    """SIGTERM what is left of a worker's process group, SIGKILL it after ``grace``."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def run(specs: list[WorkerSpec], *, loglevel: str = "info", stop_timeout: float = 60) -> int:
+    """Start the workers and supervise them until one exits or we are signalled.
+
+    SIGINT/SIGTERM are passed on as SIGTERM (Celery's warm shutdown); workers
+    still alive after ``stop_timeout`` are killed. Returns the first non-zero
+    exit status, so a worker whose engine failed makes the launcher fail.
+    """
+    # Each worker leads its own process group, with its engine's processes in
+    # it: whatever is left of a group once its worker has exited is killed, so
+    # no engine process outlives its worker holding a GPU's memory.
+    procs = [
+        subprocess.Popen(s.command(loglevel=loglevel), env=s.env(), start_new_session=True) for s in specs
+    ]
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    status = 0
+    try:
+        while not stopping:
+            for spec, proc in zip(specs, procs, strict=True):
+                code = proc.poll()
+                if code is not None:
+                    print(f"worker {spec.name} exited with status {code}", file=sys.stderr, flush=True)
+                    status = status or code or 1
+                    stopping = True
+            time.sleep(0.2)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + stop_timeout
+        for proc in procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            _kill_group(proc.pid)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return status
