@@ -136,6 +136,19 @@ class WorkerProcess:
         assert replies, "worker did not answer engine_stats"
         return replies[0][self.name]
 
+    def pause(self) -> None:
+        """Stop taking jobs from the model's queue (they wait there), like an operator would."""
+        replies = celery_app.control.cancel_consumer(
+            f"llm.{self.model}", destination=[self.name], reply=True, timeout=5
+        )
+        assert replies, "worker did not answer cancel_consumer"
+
+    def resume(self) -> None:
+        replies = celery_app.control.add_consumer(
+            f"llm.{self.model}", destination=[self.name], reply=True, timeout=5
+        )
+        assert replies, "worker did not answer add_consumer"
+
     def stop(self, timeout: float = 30) -> int:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -146,6 +159,15 @@ class WorkerProcess:
                 self.proc.wait()
         self.log.close()
         return self.proc.returncode
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fresh_test_redis() -> None:
+    """Start from an empty test Redis database: a run that was killed can leave
+    queued or unacknowledged jobs whose ids the new test database reuses."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.flushdb()
+    client.close()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -169,9 +169,9 @@ async def test_a_job_delivered_twice_stores_one_answer(echo_worker, api_user):
 
 async def test_a_job_whose_worker_died_is_run_again_by_its_redelivery(echo_worker, api_user):
     conversation = await database_sync_to_async(ConversationFactory)(owner=api_user.user)
+    ws = await connect(conversation.pk, api_user.key)
     posted = await post(api_user, conversation.pk, {"content": "first try", "max_tokens": 5})
     job_id = posted["job"]["id"]
-    ws = await connect(conversation.pk, api_user.key)
     await events_until_final(ws)
 
     # As if attempt 1 had been claimed by a worker that died long ago.

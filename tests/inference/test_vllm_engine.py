@@ -70,15 +70,23 @@ async def test_16_concurrent_jobs_are_batched_by_vllm(tiny_worker, api_user):
         for _ in range(16)
     ]
     sockets = [await connect(c.pk, api_user.key) for c in conversations]
-    await asyncio.gather(
-        *(
-            post(api_user, c.pk, {"content": words(20, i), "max_tokens": 320, "ignore_eos": True})
-            for i, c in enumerate(conversations)
+    # A burst: the 16 jobs are all queued before the worker takes any (posting
+    # them one by one takes longer than the tiny model needs to answer one).
+    await asyncio.to_thread(tiny_worker.pause)
+    try:
+        await asyncio.gather(
+            *(
+                post(api_user, c.pk, {"content": words(20, i), "max_tokens": 320, "ignore_eos": True})
+                for i, c in enumerate(conversations)
+            )
         )
-    )
-    streams = await asyncio.gather(*(events_until_final(ws, timeout=120) for ws in sockets))
-    for ws in sockets:
-        await ws.disconnect()
+    finally:
+        await asyncio.to_thread(tiny_worker.resume)
+    try:
+        streams = await asyncio.gather(*(events_until_final(ws, timeout=120) for ws in sockets))
+    finally:
+        for ws in sockets:
+            await ws.disconnect()
 
     assert all(s[-1]["event"] == "completed" and s[-1]["completion_tokens"] == 320 for s in streams)
     stats = tiny_worker.engine_stats()
@@ -109,8 +117,8 @@ async def test_cancel_stops_vllm_within_a_step_and_frees_the_slot(tiny_worker, a
     assert (message.status, message.content) == ("cancelled", partial)
     assert 0 < message.completion_tokens < 450
     # The slot is free: once a later request is done, vLLM's scheduler runs nothing.
-    await post(api_user, conversation.pk, {"content": "next", "max_tokens": 8, "ignore_eos": True})
     ws = await connect(conversation.pk, api_user.key)
+    await post(api_user, conversation.pk, {"content": "next", "max_tokens": 8, "ignore_eos": True})
     assert (await events_until_final(ws, timeout=60))[-1]["event"] == "completed"
     await ws.disconnect()
     stats = tiny_worker.engine_stats()
