@@ -16,7 +16,7 @@ from typing import Any
 
 import redis.exceptions
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
@@ -201,6 +201,10 @@ def job_run(*, job_id: int, worker: str) -> None:
         claim.conversation_id,
         {"event": "started", "message_id": job.message_id, "job_id": job.pk, "attempt": claim.attempt},
     )
+    # Hand the database connection back (to the pool, if any) for the length of
+    # the answer: dozens of answers stream at once on one worker, and none of
+    # them needs the database until it is stored.
+    connection.close()
     try:
         result, stop_reason = host.run(
             host.generate(

@@ -97,6 +97,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA synchronous=NORMAL;",
     }
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
+elif env.bool("DB_POOL", default=True):
+    # PostgreSQL: one pool of connections per process (Django's psycopg_pool
+    # support), shared by the web server's request threads and a worker's task
+    # threads. Without it every request, WebSocket connect and task opens a new
+    # server session, which cost more CPU than the queries themselves.
+    # https://docs.djangoproject.com/en/5.2/ref/databases/#connection-pool
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
+        "max_size": env.int("DB_POOL_MAX_SIZE", default=20),
+        "timeout": env.float("DB_POOL_TIMEOUT", default=10),
+    }
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
 

@@ -8,6 +8,7 @@ engine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from typing import Any
 
 import pytest
 import redis
+from channels.layers import channel_layers
+from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.db import connection
 from rest_framework.test import APIClient
@@ -75,6 +78,32 @@ def _clean_stream_keys() -> Iterator[None]:
     yield
 
 
+@pytest.fixture(autouse=True)
+async def _disconnect_websockets(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Disconnect every test WebSocket when its test ends, refused ones included.
+
+    A consumer reads from the channel layer until its client disconnects.
+    Left running, that read is cancelled when the test's event loop closes,
+    and channels-redis can wait forever in the cancellation: one refused,
+    never-disconnected socket once hung a whole CI run.
+    """
+    opened: list[WebsocketCommunicator] = []
+    init = WebsocketCommunicator.__init__
+
+    def tracking_init(self: WebsocketCommunicator, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        opened.append(self)
+
+    monkeypatch.setattr(WebsocketCommunicator, "__init__", tracking_init)
+    yield
+    for communicator in opened:
+        with contextlib.suppress(Exception):
+            await communicator.disconnect(timeout=5)
+    # Each test has its own event loop: give the next one a fresh channel layer
+    # rather than one whose locks and receive state belong to this loop.
+    channel_layers.backends.clear()
+
+
 def _database_url() -> str:
     """A URL for the test database, for processes started by the tests."""
     db = connection.settings_dict
@@ -94,6 +123,7 @@ def worker_env(**extra: str) -> dict[str, str]:
         DATABASE_URL=_database_url(),
         REDIS_URL=settings.REDIS_URL,
         TEST_REDIS_URL=settings.REDIS_URL,
+        DB_POOL="true",
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)

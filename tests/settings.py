@@ -65,6 +65,10 @@ os.environ["REDIS_URL"] = _test_redis_url()
 os.environ.setdefault("LLM_MODELS", json.dumps(TEST_MODELS))
 os.environ.setdefault("LLM_RETRY_BACKOFF", "1")
 os.environ.setdefault("LLM_DEFAULT_MODEL", "echo")
+# No connection pool in the pytest process: Django's test client never returns
+# its threads' connections. Workers started by the tests use the pool, as in
+# production (tests.conftest.worker_env).
+os.environ.setdefault("DB_POOL", "false")
 
 from llmproject.settings import *  # noqa: E402, F403
 
