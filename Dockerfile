@@ -6,7 +6,12 @@ ARG ENGINE_REQUIREMENTS=requirements.txt
 ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 COPY requirements*.txt ./
-RUN pip install --no-cache-dir -r ${ENGINE_REQUIREMENTS}
+# The CPU build needs torch+cpu from PyTorch's index and, like `make install`,
+# drops the torchvision/torchaudio/torchcodec it drags in (requirements-cpu.txt).
+RUN if [ "${ENGINE_REQUIREMENTS}" = requirements-cpu.txt ]; then \
+      pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu -r requirements-cpu.txt \
+      && pip uninstall -y torchvision torchaudio torchcodec; \
+    else pip install --no-cache-dir -r ${ENGINE_REQUIREMENTS}; fi
 COPY . .
 RUN python manage.py collectstatic --noinput -v0
 EXPOSE 8000
