@@ -43,7 +43,7 @@ for _ in $(seq 100); do
 done
 echo "waiting for the model workers (vLLM takes about half a minute to load)..."
 for _ in $(seq 300); do
-  "$PY" manage.py shell -c "
+  "$PY" manage.py shell -v 0 -c "
 from inference.registry import models
 from llmproject.celery import app
 names = {r.split('@')[0].rsplit('-', 1)[0] for reply in app.control.ping(timeout=1) for r in reply}
