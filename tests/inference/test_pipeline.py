@@ -116,12 +116,18 @@ async def test_32_concurrent_jobs_are_batched_and_every_client_gets_every_delta(
         await database_sync_to_async(ConversationFactory)(owner=api_user.user) for _ in range(32)
     ]
     sockets = [await connect(c.pk, api_user.key) for c in conversations]
-    posted = await asyncio.gather(
-        *(
-            post(api_user, c.pk, {"content": f"question {i}", "max_tokens": 128, "ignore_eos": True})
-            for i, c in enumerate(conversations)
+    # A burst: all 32 are queued before the worker takes any, so a slow machine
+    # posting them cannot stagger them into separate batches.
+    await asyncio.to_thread(echo_worker.pause)
+    try:
+        posted = await asyncio.gather(
+            *(
+                post(api_user, c.pk, {"content": f"question {i}", "max_tokens": 128, "ignore_eos": True})
+                for i, c in enumerate(conversations)
+            )
         )
-    )
+    finally:
+        await asyncio.to_thread(echo_worker.resume)
     streams = await asyncio.gather(*(events_until_final(ws, timeout=60) for ws in sockets))
     for ws in sockets:
         await ws.disconnect()
