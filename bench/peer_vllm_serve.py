@@ -197,28 +197,29 @@ def main() -> int:
     print(f"engine settings ({MODEL}): max_model_len={max_model_len} {options}", flush=True)
 
     results: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        if args.only in (None, "vllm"):
-            print("vllm serve: starting ...", flush=True)
-            server = VLLMServe(options, max_model_len, workdir)
-            try:
-                server.wait_ready()
-                results["vllm serve"] = run_benchmark(
-                    port=server.port, api_key=None, tokenizer=options["model"], args=args, label="vllm-serve"
-                )
-            finally:
-                server.stop()
-        if args.only in (None, "ours"):
-            print("our stack (uvicorn + run_workers tiny): starting ...", flush=True)
-            stack = Stack(options, workdir, max_model_len=max_model_len, redis_db=args.redis_db)
-            key = stack.start()
-            try:
-                results["ours"] = run_benchmark(
-                    port=stack.port, api_key=key, tokenizer=options["model"], args=args, label="ours"
-                )
-            finally:
-                stack.stop()
+    # Server logs are kept beside the results (a failed request is explained there).
+    workdir = Path(tempfile.mkdtemp(dir=args.result_dir, prefix="logs-"))
+    print(f"server logs in {workdir}", flush=True)
+    if args.only in (None, "vllm"):
+        print("vllm serve: starting ...", flush=True)
+        server = VLLMServe(options, max_model_len, workdir)
+        try:
+            server.wait_ready()
+            results["vllm serve"] = run_benchmark(
+                port=server.port, api_key=None, tokenizer=options["model"], args=args, label="vllm-serve"
+            )
+        finally:
+            server.stop()
+    if args.only in (None, "ours"):
+        print("our stack (uvicorn + run_workers tiny): starting ...", flush=True)
+        stack = Stack(options, workdir, max_model_len=max_model_len, redis_db=args.redis_db)
+        key = stack.start()
+        try:
+            results["ours"] = run_benchmark(
+                port=stack.port, api_key=key, tokenizer=options["model"], args=args, label="ours"
+            )
+        finally:
+            stack.stop()
 
     print_table(results, args)
     return 0

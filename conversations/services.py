@@ -78,7 +78,7 @@ def message_post(
     correlation_id = uuid.uuid4()
     with transaction.atomic():
         user_message = Message.objects.create(
-            conversation=conversation, role=Message.Role.USER, content=content, model=spec.name
+            conversation=conversation, role=Message.Role.USER, content=_storable(content), model=spec.name
         )
         event_record(
             conversation_id=conversation.pk,
@@ -96,7 +96,7 @@ def message_post(
         )
         update_fields = ["updated_at"]
         if not conversation.title:
-            conversation.title = _title(content)
+            conversation.title = _storable(_title(content))
             update_fields.append("title")
         conversation.save(update_fields=update_fields)
     return PostedMessage(user_message=user_message, assistant_message=assistant_message, job=job)
@@ -134,10 +134,12 @@ def conversation_start(
     correlation_id = uuid.uuid4()
     first_user = next((content for role, content in messages if role == Message.Role.USER), "")
     with transaction.atomic():
-        conversation = Conversation.objects.create(owner=owner, title=_title(first_user), model=spec.name)
+        conversation = Conversation.objects.create(
+            owner=owner, title=_storable(_title(first_user)), model=spec.name
+        )
         stored = Message.objects.bulk_create(
             [
-                Message(conversation=conversation, role=role, content=content, model=spec.name)
+                Message(conversation=conversation, role=role, content=_storable(content), model=spec.name)
                 for role, content in messages
             ]
         )
@@ -158,6 +160,12 @@ def conversation_start(
     return StartedConversation(
         conversation=conversation, messages=stored, assistant_message=assistant_message, job=job
     )
+
+
+def _storable(text: str) -> str:
+    """PostgreSQL text cannot hold NUL; the model then sees U+FFFD there, as clients see it
+    in answers (``inference.generation``)."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 def _title(content: str) -> str:

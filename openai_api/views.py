@@ -165,18 +165,16 @@ class Answer:
         # A job runs for at most the time limit, after waiting in a bounded queue.
         self.deadline = time.monotonic() + settings.LLM_JOB_TIME_LIMIT + 120
 
-    async def events(self) -> AsyncIterator[dict[str, Any] | None]:
-        """The reply's events, in order, and ``None`` now and then while nothing happens.
+    async def events(self) -> AsyncIterator[list[dict[str, Any]]]:
+        """The reply's events, in order, in batches as they arrive; an empty batch now
+        and then while nothing happens.
 
         Raises ``TimeoutError`` past the deadline.
         """
-        async for event in streaming.follow(self.conversation_id, 0):
-            if event is None:
-                if time.monotonic() > self.deadline:
-                    raise TimeoutError(f"job {self.job_id} did not finish in time")
-                yield None
-            elif event.get("message_id") == self.message_id:
-                yield event
+        async for batch in streaming.follow(self.conversation_id, 0):
+            if not batch and time.monotonic() > self.deadline:
+                raise TimeoutError(f"job {self.job_id} did not finish in time")
+            yield [event for event in batch if event.get("message_id") == self.message_id]
 
     async def abandon(self) -> None:
         """The client has gone (or we gave up): cancel the job unless asked to go on."""
@@ -199,32 +197,33 @@ async def complete(answer: Answer, completion: Completion) -> HttpResponse:
     """Wait for the whole answer; a ``chat.completion``."""
     finished = False
     try:
-        async with contextlib.aclosing(answer.events()) as events:
-            async for event in events:
-                if event is None:
-                    continue
-                kind = event["event"]
-                if kind == "completed":
-                    finished = True
-                    return JsonResponse(
-                        completion.completion(
-                            content=event["content"],
-                            finish_reason=FINISH_REASONS.get(event["finish_reason"], event["finish_reason"]),
-                            usage=usage(event["prompt_tokens"], event["completion_tokens"]),
+        async with contextlib.aclosing(answer.events()) as batches:
+            async for batch in batches:
+                for event in batch:
+                    kind = event["event"]
+                    if kind == "completed":
+                        finished = True
+                        return JsonResponse(
+                            completion.completion(
+                                content=event["content"],
+                                finish_reason=FINISH_REASONS.get(
+                                    event["finish_reason"], event["finish_reason"]
+                                ),
+                                usage=usage(event["prompt_tokens"], event["completion_tokens"]),
+                            )
                         )
-                    )
-                if kind == "cancelled":
-                    finished = True
-                    return JsonResponse(
-                        completion.completion(
-                            content=event["content"],
-                            finish_reason="abort",
-                            usage=await answer.usage_of_cancelled(),
+                    if kind == "cancelled":
+                        finished = True
+                        return JsonResponse(
+                            completion.completion(
+                                content=event["content"],
+                                finish_reason="abort",
+                                usage=await answer.usage_of_cancelled(),
+                            )
                         )
-                    )
-                if kind == "failed":
-                    finished = True
-                    return error_response(event["error"], status=500, code="generation_failed")
+                    if kind == "failed":
+                        finished = True
+                        return error_response(event["error"], status=500, code="generation_failed")
     except TimeoutError:
         return error_response("the answer did not finish in time", status=504, code="timeout")
     finally:
@@ -240,62 +239,77 @@ async def stream_chunks(
 
     The first chunk carries ``role`` with the first text; a failure ends the
     stream with an error event in OpenAI's shape (the official client raises
-    it), never with a silent cut.
+    it), never with a silent cut. Events that arrived together are written
+    together (one send, not one per event).
     """
-    finished = False
-    sent_role = sent_text = False
+    state = _StreamState(completion, include_usage=include_usage)
     try:
-        async with contextlib.aclosing(answer.events()) as events:
-            async for event in events:
-                if event is None:
+        async with contextlib.aclosing(answer.events()) as batches:
+            async for batch in batches:
+                if not batch:
                     yield SSE_KEEPALIVE
                     continue
-                kind = event["event"]
-                if kind == "started" and event.get("attempt", 1) > 1 and sent_text:
-                    # A worker died mid-answer and the job runs again from the start: text
-                    # already sent cannot be taken back. The job goes on and is stored.
-                    finished = True
-                    yield sse(
-                        error_body(
-                            "the answer was interrupted by a worker failure and restarted; retry the request",
-                            status=500,
-                            code="generation_restarted",
-                        )
-                    )
-                    yield SSE_DONE
-                    return
-                if kind == "delta" and event["text"]:
-                    delta = {"content": event["text"]}
-                    if not sent_role:
-                        delta = {"role": "assistant", **delta}
-                        sent_role = True
-                    sent_text = True
-                    yield sse(completion.chunk(delta=delta))
-                elif kind in ("completed", "cancelled"):
-                    finished = True
-                    if not sent_role:
-                        yield sse(completion.chunk(delta={"role": "assistant", "content": ""}))
-                    if kind == "completed":
-                        reason = FINISH_REASONS.get(event["finish_reason"], event["finish_reason"])
-                        counts = usage(event["prompt_tokens"], event["completion_tokens"])
-                    else:
-                        reason = "abort"
-                        counts = await answer.usage_of_cancelled() if include_usage else usage(0, 0)
-                    yield sse(completion.chunk(delta={}, finish_reason=reason))
-                    if include_usage:
-                        yield sse(completion.chunk(usage=counts))
-                    yield SSE_DONE
-                    return
-                elif kind == "failed":
-                    finished = True
-                    yield sse(error_body(event["error"], status=500, code="generation_failed"))
-                    yield SSE_DONE
+                out: list[bytes] = []
+                for event in batch:
+                    out += await state.translate(event, answer)
+                    if state.finished:
+                        break
+                if out:
+                    yield b"".join(out)
+                if state.finished:
                     return
     except TimeoutError:
-        yield sse(error_body("the answer did not finish in time", status=504, code="timeout"))
-        yield SSE_DONE
+        yield sse(error_body("the answer did not finish in time", status=504, code="timeout")) + SSE_DONE
     finally:
-        # Reached without ``finished`` when the client disconnected (Django cancels
-        # the generator) or the deadline passed.
-        if not finished:
+        # Reached unfinished when the client disconnected (Django cancels the
+        # generator) or the deadline passed.
+        if not state.finished:
             await answer.abandon()
+
+
+class _StreamState:
+    """Turns one reply's events into SSE chunks."""
+
+    def __init__(self, completion: Completion, *, include_usage: bool) -> None:
+        self.completion = completion
+        self.include_usage = include_usage
+        self.sent_role = False
+        self.sent_text = False
+        self.finished = False
+
+    async def translate(self, event: dict[str, Any], answer: Answer) -> list[bytes]:
+        kind = event["event"]
+        chunk = self.completion.chunk
+        if kind == "started" and event.get("attempt", 1) > 1 and self.sent_text:
+            # A worker died mid-answer and the job runs again from the start: text
+            # already sent cannot be taken back. The job goes on and is stored.
+            self.finished = True
+            message = "the answer was interrupted by a worker failure and restarted; retry the request"
+            return [sse(error_body(message, status=500, code="generation_restarted")), SSE_DONE]
+        if kind == "delta" and event["text"]:
+            delta = {"content": event["text"]}
+            if not self.sent_role:
+                delta = {"role": "assistant", **delta}
+                self.sent_role = True
+            self.sent_text = True
+            return [sse(chunk(delta=delta))]
+        if kind in ("completed", "cancelled"):
+            self.finished = True
+            out = []
+            if not self.sent_role:
+                out.append(sse(chunk(delta={"role": "assistant", "content": ""})))
+            if kind == "completed":
+                reason = FINISH_REASONS.get(event["finish_reason"], event["finish_reason"])
+                counts = usage(event["prompt_tokens"], event["completion_tokens"])
+            else:
+                reason = "abort"
+                counts = await answer.usage_of_cancelled() if self.include_usage else usage(0, 0)
+            out.append(sse(chunk(delta={}, finish_reason=reason)))
+            if self.include_usage:
+                out.append(sse(chunk(usage=counts)))
+            out.append(SSE_DONE)
+            return out
+        if kind == "failed":
+            self.finished = True
+            return [sse(error_body(event["error"], status=500, code="generation_failed")), SSE_DONE]
+        return []
