@@ -7,6 +7,7 @@ queue until its client gives up.
 
 from __future__ import annotations
 
+import redis.exceptions
 from django.conf import settings
 
 from inference import heartbeat
@@ -37,17 +38,22 @@ async def queue_backlog(*, spec: ModelSpec) -> int:
 
 
 async def model_admit(*, spec: ModelSpec) -> None:
-    """Raise ``ServiceUnavailable`` if no worker of the model is alive, ``TooManyRequests``
-    if its queue already holds ``LLM_MAX_QUEUED_PER_MODEL`` jobs."""
-    if not await heartbeat.workers_alive(model=spec.name):
+    """Raise ``ServiceUnavailable`` if no worker of the model is alive (or Redis cannot
+    say), ``TooManyRequests`` if its queue already holds ``LLM_MAX_QUEUED_PER_MODEL`` jobs."""
+    try:
+        alive = await heartbeat.workers_alive(model=spec.name)
+        backlog = await queue_backlog(spec=spec) if alive else 0
+    except (redis.exceptions.RedisError, OSError) as exc:
+        raise ServiceUnavailable(
+            "the job queue is unavailable right now; try again shortly", retry_after=5
+        ) from exc
+    if not alive:
         raise ServiceUnavailable(
             f"no worker is serving model {spec.name!r} right now; try again later",
             code="no_worker",
             retry_after=10,
         )
-    limit = settings.LLM_MAX_QUEUED_PER_MODEL
-    backlog = await queue_backlog(spec=spec)
-    if backlog >= limit:
+    if backlog >= settings.LLM_MAX_QUEUED_PER_MODEL:
         raise TooManyRequests(
             f"model {spec.name!r} is overloaded ({backlog} requests waiting); try again shortly",
             code="overloaded",

@@ -26,7 +26,6 @@ from typing import Any
 import redis.asyncio as aioredis
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from channels_redis.core import RedisChannelLayer
 from django.conf import settings
 
 from inference.events import FINAL_EVENTS, StreamEvent
@@ -166,40 +165,13 @@ async def publish_events(
         by_conversation[conversation_id].append({**event, "seq": seq, "conversation_id": conversation_id})
     # If a group_send is dropped, consumers recover the events from the stream.
     layer = get_channel_layer()
-    listened = await _groups_with_members(layer, [group_name(cid) for cid in by_conversation])
     await asyncio.gather(
         *(
             layer.group_send(group_name(cid), {"type": "stream.events", "events": events})
             for cid, events in by_conversation.items()
-            if group_name(cid) in listened
         )
     )
     return seqs
-
-
-async def _groups_with_members(layer: Any, groups: list[str]) -> set[str]:
-    """The groups that have a WebSocket consumer in them.
-
-    A ``group_send`` costs two Redis round trips per group even when nobody
-    listens, which is most of the time for API clients (SSE readers follow the
-    stream itself): one pipelined ZCARD per batch instead. Not racy: a
-    consumer joins its group *before* it reads the stream position, so one
-    that joins after this check still gets these events from the stream.
-    """
-    if not isinstance(layer, RedisChannelLayer):
-        return set(groups)
-    by_shard: dict[int, list[str]] = defaultdict(list)
-    for group in groups:
-        by_shard[layer.consistent_hash(group)].append(group)
-    listened: set[str] = set()
-    for shard, names in by_shard.items():
-        async with layer.connection(shard).pipeline(transaction=False) as pipe:
-            for name in names:
-                # channels-redis's own key for a group (RedisChannelLayer._group_key).
-                pipe.zcard(layer._group_key(name))
-            counts = await pipe.execute()
-        listened.update(name for name, count in zip(names, counts, strict=True) if count)
-    return listened
 
 
 class EventPublisher:
