@@ -135,14 +135,23 @@ def free_port() -> int:
 class Stack:
     """Web server and a worker for "tiny", as `make run` starts them."""
 
-    def __init__(self, options: dict[str, Any], workdir: Path) -> None:
-        redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0] + "/13"
+    def __init__(
+        self,
+        options: dict[str, Any],
+        workdir: Path,
+        *,
+        max_model_len: int = 2048,
+        redis_db: int = 13,
+    ) -> None:
+        base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0]
+        redis_url = f"{base}/{redis_db}"
         self.env = dict(os.environ)
         self.env.update(
             DJANGO_SETTINGS_MODULE="llmproject.settings",
             REDIS_URL=redis_url,
+            CELERY_BROKER_URL=redis_url,
             LLM_MODELS=json.dumps(
-                {"tiny": {"engine": "vllm", "max_model_len": 2048, "options": options, "gpus": []}}
+                {"tiny": {"engine": "vllm", "max_model_len": max_model_len, "options": options, "gpus": []}}
             ),
             LOG_LEVEL="WARNING",
             PYTHONUNBUFFERED="1",

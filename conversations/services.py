@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,9 @@ from conversations.eventlog import event_record
 from conversations.models import Conversation, ConversationEvent, Message
 from inference import params as inference_params
 from inference.models import InferenceJob
+from inference.registry import ModelSpec
 from inference.services import job_create, job_publish
+from llmproject.exceptions import InvalidInput
 
 TITLE_LENGTH = 60
 
@@ -73,24 +76,9 @@ def message_post(
     sampling = inference_params.sampling_params(spec, params or {})
     inference_params.check_fits(spec, content, sampling["max_tokens"])
     correlation_id = uuid.uuid4()
-    now = timezone.now()
     with transaction.atomic():
         user_message = Message.objects.create(
-            conversation=conversation, role=Message.Role.USER, content=content, model=spec.name
-        )
-        assistant_message = Message.objects.create(
-            conversation=conversation,
-            role=Message.Role.ASSISTANT,
-            status=Message.Status.QUEUED,
-            model=spec.name,
-            queued_at=now,
-        )
-        job = job_create(
-            message=assistant_message,
-            spec=spec,
-            params=sampling,
-            priority=priority,
-            correlation_id=correlation_id,
+            conversation=conversation, role=Message.Role.USER, content=_storable(content), model=spec.name
         )
         event_record(
             conversation_id=conversation.pk,
@@ -99,17 +87,122 @@ def message_post(
             message_id=user_message.pk,
             payload={"chars": len(content)},
         )
-        event_record(
-            conversation_id=conversation.pk,
-            kind=ConversationEvent.Kind.INFERENCE_QUEUED,
+        assistant_message, job = _reply_queue(
+            conversation=conversation,
+            spec=spec,
+            sampling=sampling,
+            priority=priority,
             correlation_id=correlation_id,
-            message_id=assistant_message.pk,
-            payload={"job_id": job.pk, "model": spec.name, "queue": job.queue, "params": sampling},
         )
         update_fields = ["updated_at"]
         if not conversation.title:
-            conversation.title = content.strip().splitlines()[0][:TITLE_LENGTH]
+            conversation.title = _storable(_title(content))
             update_fields.append("title")
         conversation.save(update_fields=update_fields)
-        transaction.on_commit(functools.partial(job_publish, job_id=job.pk))
     return PostedMessage(user_message=user_message, assistant_message=assistant_message, job=job)
+
+
+@dataclass(frozen=True, slots=True)
+class StartedConversation:
+    conversation: Conversation
+    messages: list[Message]
+    assistant_message: Message
+    job: InferenceJob
+
+
+def conversation_start(
+    *,
+    owner: AbstractBaseUser,
+    model: str,
+    messages: Sequence[tuple[str, str]],
+    params: dict[str, Any] | None = None,
+    priority: int = 5,
+) -> StartedConversation:
+    """Store a new conversation holding ``messages`` (``(role, content)`` pairs, stored as
+    given) and a queued assistant reply, and queue its job: one stateless chat request
+    (the OpenAI API), kept like any other conversation.
+
+    Unlike ``message_post``, the whole prompt is checked against the context
+    window: nothing of a given history is dropped silently. Publishing works as
+    in ``message_post`` (after commit; ``ServiceUnavailable`` if the queue is down).
+    """
+    if not messages:
+        raise InvalidInput("messages must not be empty", field="messages")
+    spec = inference_params.resolve_model(model)
+    sampling = inference_params.sampling_params(spec, params or {})
+    inference_params.check_prompt_fits(spec, [content for _, content in messages], sampling["max_tokens"])
+    correlation_id = uuid.uuid4()
+    first_user = next((content for role, content in messages if role == Message.Role.USER), "")
+    with transaction.atomic():
+        conversation = Conversation.objects.create(
+            owner=owner, title=_storable(_title(first_user)), model=spec.name
+        )
+        stored = Message.objects.bulk_create(
+            [
+                Message(conversation=conversation, role=role, content=_storable(content), model=spec.name)
+                for role, content in messages
+            ]
+        )
+        event_record(
+            conversation_id=conversation.pk,
+            kind=ConversationEvent.Kind.USER_QUERY_RECEIVED,
+            correlation_id=correlation_id,
+            message_id=stored[-1].pk,
+            payload={"chars": sum(len(c) for _, c in messages), "messages": len(messages)},
+        )
+        assistant_message, job = _reply_queue(
+            conversation=conversation,
+            spec=spec,
+            sampling=sampling,
+            priority=priority,
+            correlation_id=correlation_id,
+        )
+    return StartedConversation(
+        conversation=conversation, messages=stored, assistant_message=assistant_message, job=job
+    )
+
+
+def _storable(text: str) -> str:
+    """PostgreSQL text cannot hold NUL; the model then sees U+FFFD there, as clients see it
+    in answers (``inference.generation``)."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def _title(content: str) -> str:
+    lines = content.strip().splitlines()
+    return lines[0][:TITLE_LENGTH] if lines else ""
+
+
+def _reply_queue(
+    *,
+    conversation: Conversation,
+    spec: ModelSpec,
+    sampling: dict[str, Any],
+    priority: int,
+    correlation_id: uuid.UUID,
+) -> tuple[Message, InferenceJob]:
+    """Within the caller's transaction: the queued assistant reply, its job and event,
+    and the job's publication once the transaction commits."""
+    assistant_message = Message.objects.create(
+        conversation=conversation,
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.QUEUED,
+        model=spec.name,
+        queued_at=timezone.now(),
+    )
+    job = job_create(
+        message=assistant_message,
+        spec=spec,
+        params=sampling,
+        priority=priority,
+        correlation_id=correlation_id,
+    )
+    event_record(
+        conversation_id=conversation.pk,
+        kind=ConversationEvent.Kind.INFERENCE_QUEUED,
+        correlation_id=correlation_id,
+        message_id=assistant_message.pk,
+        payload={"job_id": job.pk, "model": spec.name, "queue": job.queue, "params": sampling},
+    )
+    transaction.on_commit(functools.partial(job_publish, job_id=job.pk))
+    return assistant_message, job

@@ -71,3 +71,23 @@ def check_fits(spec: registry.ModelSpec, content: str, max_tokens: int) -> None:
             field="content",
             code="context_length_exceeded",
         )
+
+
+def check_prompt_fits(spec: registry.ModelSpec, contents: list[str], max_tokens: int) -> None:
+    """Refuse a whole prompt (every message is kept, as OpenAI's API does) that cannot
+    fit the context window with ``max_tokens``."""
+    from inference.tokens import message_tokens
+
+    total = 0
+    for content in contents:
+        tokens = message_tokens(spec, content)
+        if tokens is None:
+            return  # no tokenizer here: the worker decides
+        total += tokens
+    if total + max_tokens > spec.max_model_len:
+        raise InvalidInput(
+            f"this model's maximum context length is {spec.max_model_len} tokens; the messages "
+            f"take about {total} tokens and max_tokens is {max_tokens} (model {spec.name!r})",
+            field="messages",
+            code="context_length_exceeded",
+        )

@@ -24,6 +24,7 @@ from django.utils import timezone
 from inference import streaming
 from inference.engines.base import Engine, GenerationRequest
 from inference.generation import GenerationResult, generate_and_stream
+from inference.heartbeat import Heartbeat
 from inference.registry import ModelSpec
 from inference.streaming import EventPublisher
 
@@ -46,6 +47,7 @@ class EngineHost:
         self._thread = threading.Thread(target=self._serve, name=f"engine-{spec.name}", daemon=True)
         self.engine: Engine | None = None
         self.publisher: EventPublisher | None = None
+        self.heartbeat: Heartbeat | None = None
         # Engine-loop state only (never touched from other threads):
         self._inflight: dict[int, str] = {}  # job id -> engine request id
         self._stop_reasons: dict[str, StopReason] = {}  # request id -> why it was aborted
@@ -68,6 +70,9 @@ class EngineHost:
         self.publisher = EventPublisher()
         self.publisher.start()
         streaming.set_process_publisher(self.publisher, self.loop)
+        # Last: the API sends this model's jobs only once a worker beats.
+        self.heartbeat = Heartbeat(model=self.spec.name)
+        await self.heartbeat.start()
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
@@ -152,6 +157,8 @@ class EngineHost:
         streaming.set_process_publisher(None, None)
 
         async def _stop() -> None:
+            if self.heartbeat is not None:
+                await self.heartbeat.close()
             if self.engine is not None:
                 await self.engine.shutdown()
             if self.publisher is not None:

@@ -426,3 +426,15 @@ def job_cancel(*, job: InferenceJob) -> InferenceJob:
         app.control.broadcast("cancel_job", arguments={"job_id": job.pk})
     job.refresh_from_db()
     return job
+
+
+def job_abandon(*, job_id: int) -> None:
+    """The client waiting for the job has gone: cancel it (freeing its engine slot),
+    unless it has already finished."""
+    job = InferenceJob.objects.filter(pk=job_id).first()
+    if job is None:
+        return
+    try:
+        job_cancel(job=job)
+    except Conflict:
+        pass

@@ -20,7 +20,7 @@ import logging
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -61,16 +61,20 @@ def _keys(conversation_id: int) -> tuple[str, str, str]:
     return f"{tag}:seq", f"{tag}:events", f"{tag}:inflight"
 
 
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = weakref.WeakKeyDictionary()
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, aioredis.Redis]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def redis_client() -> aioredis.Redis:
-    """An asyncio Redis client for the running loop (clients are loop-bound)."""
-    loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
+def redis_client(url: str | None = None) -> aioredis.Redis:
+    """An asyncio Redis client for the running loop (clients are loop-bound), for
+    ``url`` (default ``REDIS_URL``)."""
+    url = url or settings.REDIS_URL
+    clients = _clients.setdefault(asyncio.get_running_loop(), {})
+    client = clients.get(url)
     if client is None:
-        client = aioredis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
-        _clients[loop] = client
+        client = aioredis.Redis.from_url(url, decode_responses=True)
+        clients[url] = client
     return client
 
 
@@ -86,6 +90,42 @@ async def events_since(conversation_id: int, after_seq: int) -> list[dict[str, A
     _, stream, _ = _keys(conversation_id)
     entries = await redis_client().xrange(stream, min=f"({after_seq}-0", max="+")
     return [_decode(conversation_id, entry_id, fields) for entry_id, fields in entries]
+
+
+# XREAD BLOCK must return before the client's socket timeout (redis-py's
+# default is 5 s) or the read fails instead of coming back empty.
+_FOLLOW_BLOCK_MS = 2000
+
+
+async def follow(
+    conversation_id: int, after_seq: int = 0, *, idle: float = 15.0
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """Every event with ``seq > after_seq``, in order, as it is appended; never ends.
+
+    Reads the conversation's stream with XREAD BLOCK, so events reach the
+    reader one Redis round trip after they are stored, with no polling. Yields
+    them in batches (everything one read returned, so a reader can write them
+    out at once), and an empty batch after ``idle`` seconds without events (a
+    cue to send a keep-alive). Each reader holds one connection while it blocks.
+    """
+    _, stream, _ = _keys(conversation_id)
+    client = redis_client()
+    last_id = f"{after_seq}-0"
+    quiet_since = time.monotonic()
+    while True:
+        reply = await client.xread({stream: last_id}, block=_FOLLOW_BLOCK_MS)
+        if not reply:
+            if time.monotonic() - quiet_since >= idle:
+                quiet_since = time.monotonic()
+                yield []
+            continue
+        quiet_since = time.monotonic()
+        batch = []
+        for _, entries in reply:
+            for entry_id, fields in entries:
+                last_id = entry_id
+                batch.append(_decode(conversation_id, entry_id, fields))
+        yield batch
 
 
 async def stream_position(conversation_id: int) -> tuple[int, dict[int, int]]:
@@ -241,6 +281,7 @@ class DeltaCoalescer:
         self._tokens = 0
         self._last_flush = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
+        self._sent_first = False
 
     def add(self, text: str, tokens: int) -> None:
         if not text and not tokens:
@@ -248,7 +289,12 @@ class DeltaCoalescer:
         self._text.append(text)
         self._tokens += tokens
         elapsed = time.monotonic() - self._last_flush
-        if self._tokens >= self._max_tokens or elapsed >= self._interval:
+        if not self._sent_first:
+            # The first token goes out at once: time to first token is what
+            # a waiting user feels; coalescing pays off only after it.
+            self._sent_first = True
+            self.flush()
+        elif self._tokens >= self._max_tokens or elapsed >= self._interval:
             self.flush()
         elif self._timer is None:
             # A stall must not hold back text already generated.

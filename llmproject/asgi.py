@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 
-from django.core.asgi import get_asgi_application
+from llmproject.handlers import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmproject.settings")
+
 # Set up Django (apps, models) before importing anything that uses the ORM.
 django_asgi_app = get_asgi_application()
 

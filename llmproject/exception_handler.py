@@ -18,20 +18,20 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from llmproject.exceptions import ApplicationError
 
 
-def _first_error(errors: Any, path: str = "") -> tuple[str, str]:
+def first_error(errors: Any, path: str = "") -> tuple[str, str]:
     """Return (field path, message) of the first error in a DRF error tree."""
     if isinstance(errors, dict):
         for key, value in errors.items():
             sub = key if not path else f"{path}.{key}"
             if key == "non_field_errors":
                 sub = path
-            return _first_error(value, sub)
+            return first_error(value, sub)
     if isinstance(errors, list) and errors:
         if all(not isinstance(e, dict | list) for e in errors):
             return path, str(errors[0])
         for index, value in enumerate(errors):
             if value:
-                return _first_error(value, f"{path}[{index}]")
+                return first_error(value, f"{path}[{index}]")
     return path, str(errors)
 
 
@@ -50,7 +50,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         exc = drf_exceptions.PermissionDenied()
 
     if isinstance(exc, drf_exceptions.ValidationError):
-        field, message = _first_error(exc.detail)
+        field, message = first_error(exc.detail)
         body = {
             "detail": f"{field}: {message}" if field else message,
             "code": "invalid",

@@ -54,3 +54,17 @@ class ServiceUnavailable(ApplicationError):
 
     status_code = 503
     code = "service_unavailable"
+
+
+class TooManyRequests(ApplicationError):
+    """The client is over its rate limit, or the model's queue is full (429)."""
+
+    status_code = 429
+    code = "rate_limited"
+
+
+class NotAuthenticated(ApplicationError):
+    """No credentials, or credentials that do not identify an active user (401)."""
+
+    status_code = 401
+    code = "invalid_api_key"

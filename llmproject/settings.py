@@ -38,13 +38,14 @@ INSTALLED_APPS = [
     "channels",
     "conversations",
     "inference",
+    "openai_api",
     "workers",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Serves the admin's and API docs' static files from the ASGI server.
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "llmproject.middleware.AsyncWhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -244,6 +245,19 @@ LLM_DEFAULT_MODELS = {
         "gpus": [],
     },
 }
+# Workers refresh a heartbeat in Redis this often; one silent for the TTL
+# counts as gone, and the OpenAI API answers 503 for a model with none left.
+LLM_HEARTBEAT_INTERVAL = env.float("LLM_HEARTBEAT_INTERVAL", default=2.0)
+LLM_HEARTBEAT_TTL = env.float("LLM_HEARTBEAT_TTL", default=6.0)
+# Jobs that may wait in one model's queue (not yet taken by a worker) before
+# the OpenAI API refuses new ones with 429 and Retry-After: a bounded queue
+# answers "try later" instead of a timeout minutes later.
+LLM_MAX_QUEUED_PER_MODEL = env.int("LLM_MAX_QUEUED_PER_MODEL", default=256)
+# DRF throttle classes (dotted paths) applied to the OpenAI API, e.g.
+# rest_framework.throttling.UserRateThrottle with REST_FRAMEWORK's
+# DEFAULT_THROTTLE_RATES; none by default.
+OPENAI_API_THROTTLE_CLASSES = env.list("OPENAI_API_THROTTLE_CLASSES", default=[])
+
 if env.str("LLM_MODELS_FILE", default=""):
     LLM_MODELS = json.loads(Path(env.str("LLM_MODELS_FILE")).read_text())
 else:

@@ -232,6 +232,23 @@ def echo_worker(
         worker.stop()
 
 
+@pytest.fixture(scope="session")
+def tiny_worker(
+    django_db_setup: None, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    """A worker serving "tiny" on vLLM; the checkpoint is made on first use."""
+    from django.core.management import call_command
+
+    call_command("create_tiny_model", path=settings.LLM_MODELS["tiny"]["options"]["model"])
+    with django_db_blocker.unblock():
+        worker = WorkerProcess("tiny", tmp_path_factory.mktemp("vllm") / "tiny.log")
+    try:
+        worker.wait_ready(timeout=240)
+        yield worker
+    finally:
+        worker.stop(timeout=60)
+
+
 def wait_for(predicate: Callable[[], Any], *, timeout: float = 20, interval: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while True:

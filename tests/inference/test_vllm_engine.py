@@ -16,26 +16,13 @@ from django.core.management import call_command
 
 from conversations.models import Message
 from inference.models import InferenceJob
-from tests.conftest import ROOT, WorkerProcess, worker_env
+from tests.conftest import ROOT, worker_env
 from tests.factories import ConversationFactory
 from tests.inference.test_pipeline import connect, events_until_final, post
 
 pytestmark = [pytest.mark.vllm, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 WINDOW = settings.LLM_MODELS["tiny"]["max_model_len"]
-
-
-@pytest.fixture(scope="session")
-def tiny_worker(django_db_setup, django_db_blocker, tmp_path_factory):
-    """A worker serving "tiny" on vLLM; the checkpoint is made on first use."""
-    call_command("create_tiny_model", path=settings.LLM_MODELS["tiny"]["options"]["model"])
-    with django_db_blocker.unblock():
-        worker = WorkerProcess("tiny", tmp_path_factory.mktemp("vllm") / "tiny.log")
-    try:
-        worker.wait_ready(timeout=240)
-        yield worker
-    finally:
-        worker.stop(timeout=60)
 
 
 def words(n: int, seed: int = 0) -> str:

@@ -1,0 +1,109 @@
+"""Django's ASGI handlers: without a thread start per request, and none of the
+site's middleware for the OpenAI API.
+
+Django runs each request in a fresh ``ThreadSensitiveContext``: its first
+thread-sensitive ``sync_to_async`` (Django's own request signals, any ORM
+call) starts a new one-thread executor, and leaving the context starts
+another thread to join it. ``Thread.start`` blocks the event loop until the
+new thread has been scheduled: on a busy machine (measured here: 2 cores, a
+vLLM engine spinning on one) that stalled every other request and stream of
+the process for milliseconds at a time, hundreds of times a second.
+
+Here each request borrows a one-thread executor from a pool and gives it back
+(asgiref's ``ThreadSensitiveContext(executor=...)``, whose caller owns the
+executor). Semantics are unchanged: one thread per request for its
+thread-sensitive code, including database connections, which Django still
+opens and closes per request as ``CONN_MAX_AGE`` says.
+
+Django's middleware are synchronous (``MiddlewareMixin``): in an async
+handler each ``process_request``/``process_view``/``process_response`` is a
+``sync_to_async`` hop to the request's thread and back, about a dozen per
+request for the site's list, each waiting for the OS to schedule that thread.
+The OpenAI API (``/v1/``: bearer keys, JSON, no sessions, cookies, CSRF or
+HTML) needs none of them, so its requests go to a handler without middleware.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from asgiref.sync import ThreadSensitiveContext
+from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers.exception import convert_exception_to_response
+
+# Idle executors kept for reuse; more are made under a burst and dropped after.
+POOL_SIZE = 48
+
+
+class _ExecutorPool:
+    def __init__(self, size: int) -> None:
+        self._idle: list[ThreadPoolExecutor] = []
+        self._size = size
+        self._lock = threading.Lock()
+
+    def acquire(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
+
+    def release(self, executor: ThreadPoolExecutor) -> None:
+        with self._lock:
+            if len(self._idle) < self._size:
+                self._idle.append(executor)
+                return
+        executor.shutdown(wait=False)
+
+
+class PooledThreadsASGIHandler(ASGIHandler):
+    def __init__(self) -> None:
+        super().__init__()
+        self._executors = _ExecutorPool(POOL_SIZE)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        executor = self._executors.acquire()
+        try:
+            async with ThreadSensitiveContext(executor=executor):
+                await self.handle(scope, receive, send)
+        finally:
+            # A sync call cancelled by a disconnect may still be running on it;
+            # the next request's calls then wait behind it, in order.
+            self._executors.release(executor)
+
+
+class BareASGIHandler(PooledThreadsASGIHandler):
+    """A handler with no middleware at all (what ``load_middleware`` builds for an empty
+    ``MIDDLEWARE``): URL resolution, the view, exception-to-response conversion."""
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        self._view_middleware = []
+        self._template_response_middleware = []
+        self._exception_middleware = []
+        get_response = self._get_response_async if is_async else self._get_response
+        self._middleware_chain = convert_exception_to_response(get_response)
+
+
+class PathPrefixRouter:
+    """HTTP requests under ``prefix`` to one ASGI app, the rest to another."""
+
+    def __init__(self, prefix: str, matched: Any, other: Any) -> None:
+        self.prefix = prefix
+        self.matched = matched
+        self.other = other
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        app = self.matched if scope.get("path", "").startswith(self.prefix) else self.other
+        await app(scope, receive, send)
+
+
+def get_asgi_application() -> PathPrefixRouter:
+    """Like ``django.core.asgi.get_asgi_application``: the site with its middleware,
+    ``/v1/`` (the OpenAI API) without."""
+    import django
+
+    django.setup(set_prefix=False)
+    return PathPrefixRouter("/v1/", BareASGIHandler(), PooledThreadsASGIHandler())

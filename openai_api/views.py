@@ -1,0 +1,315 @@
+"""OpenAI-compatible endpoints, as native async Django views.
+
+A chat completion goes the platform's way: it becomes a new conversation of
+the key's owner (the given messages, then a queued assistant reply with its
+job), published to the model's queue on commit, run by a worker, and read
+back from the conversation's Redis stream (XREAD BLOCK) as it is generated.
+The views stay async end to end: under ASGI a synchronous iterator would be
+buffered whole before the first byte goes out. Database work goes through
+``sync_to_async``.
+
+When the client disconnects, Django's ASGI handler cancels the view (or its
+streaming generator); the job is then cancelled, which frees its engine slot
+within one step, unless the request asked for ``continue_on_disconnect``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from conversations.authentication import api_key_user, bearer_token
+from conversations.models import Message
+from conversations.services import conversation_start
+from inference import registry, streaming
+from inference.admission import model_admit
+from inference.params import resolve_model
+from inference.services import job_abandon
+from llmproject.exception_handler import first_error
+from llmproject.exceptions import ApplicationError, InvalidInput, NotAuthenticated
+from openai_api.errors import application_error_response, error_body, error_response
+from openai_api.responses import (
+    FINISH_REASONS,
+    SSE_DONE,
+    SSE_KEEPALIVE,
+    Completion,
+    sse,
+    usage,
+)
+from openai_api.serializers import ChatCompletionRequestSerializer, ChatRequest
+from openai_api.throttling import throttle_check
+
+logger = logging.getLogger(__name__)
+
+View = Callable[..., Awaitable[HttpResponse]]
+
+
+def openai_errors(view: View) -> View:
+    """Answer the platform's errors in OpenAI's shape."""
+
+    @functools.wraps(view)
+    async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            return await view(request, *args, **kwargs)
+        except ApplicationError as exc:
+            return application_error_response(exc)
+
+    return wrapper
+
+
+async def authenticate(request: HttpRequest) -> AbstractBaseUser:
+    header = request.headers.get("Authorization", "")
+    token = bearer_token(header) if header else None
+    if token is None:
+        raise NotAuthenticated(
+            "no API key: send the header 'Authorization: Bearer <api key>'", code="missing_api_key"
+        )
+    user = await sync_to_async(api_key_user)(raw=token)
+    if user is None:
+        raise NotAuthenticated("invalid or revoked API key")
+    return user
+
+
+def parse_chat_request(body: bytes) -> ChatRequest:
+    try:
+        data = json.loads(body or b"null")
+    except ValueError as exc:
+        raise InvalidInput(f"the body is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(data, dict):
+        raise InvalidInput("the body must be a JSON object", code="invalid_json")
+    serializer = ChatCompletionRequestSerializer(data=data)
+    if not serializer.is_valid():
+        field, message = first_error(serializer.errors)
+        raise InvalidInput(
+            f"{field}: {message}" if field else message, field=field or None, code="invalid_value"
+        )
+    return ChatRequest.from_validated(serializer.validated_data)
+
+
+@csrf_exempt
+@require_GET
+@openai_errors
+async def model_list(request: HttpRequest) -> HttpResponse:
+    await authenticate(request)
+    specs = sorted(registry.models().values(), key=lambda s: s.name)
+    data = [
+        {
+            "id": spec.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "llmserve",
+            "max_model_len": spec.max_model_len,
+        }
+        for spec in specs
+    ]
+    return JsonResponse({"object": "list", "data": data})
+
+
+@csrf_exempt
+@require_POST
+@openai_errors
+async def chat_completions(request: HttpRequest) -> HttpResponse:
+    """``POST /v1/chat/completions``: OpenAI's body; ``stream: true`` answers with SSE.
+
+    Extensions: ``ignore_eos`` (vLLM's) and ``continue_on_disconnect`` (keep
+    generating, and store the answer, if the client goes away).
+    """
+    user = await authenticate(request)
+    chat = parse_chat_request(request.body)
+    spec = resolve_model(chat.model)
+    if settings.OPENAI_API_THROTTLE_CLASSES:
+        await sync_to_async(throttle_check)(request=request, user=user)
+    await model_admit(spec=spec)
+    started = await sync_to_async(conversation_start)(
+        owner=user, model=spec.name, messages=chat.messages, params=chat.params
+    )
+    completion = Completion(id=f"chatcmpl-{started.job.pk}", created=int(time.time()), model=spec.name)
+    answer = Answer(
+        job_id=started.job.pk,
+        conversation_id=started.conversation.pk,
+        message_id=started.assistant_message.pk,
+        continue_on_disconnect=chat.continue_on_disconnect,
+    )
+    if chat.stream:
+        response = StreamingHttpResponse(
+            stream_chunks(answer, completion, include_usage=chat.include_usage),
+            content_type="text/event-stream",
+        )
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"  # no proxy buffering of the stream
+        return response
+    return await complete(answer, completion)
+
+
+class Answer:
+    """The reply being generated for one request, followed through its conversation's stream."""
+
+    def __init__(self, *, job_id: int, conversation_id: int, message_id: int, continue_on_disconnect: bool):
+        self.job_id = job_id
+        self.conversation_id = conversation_id
+        self.message_id = message_id
+        self.continue_on_disconnect = continue_on_disconnect
+        # A job runs for at most the time limit, after waiting in a bounded queue.
+        self.deadline = time.monotonic() + settings.LLM_JOB_TIME_LIMIT + 120
+
+    async def events(self) -> AsyncIterator[list[dict[str, Any]]]:
+        """The reply's events, in order, in batches as they arrive; an empty batch now
+        and then while nothing happens.
+
+        Raises ``TimeoutError`` past the deadline.
+        """
+        async for batch in streaming.follow(self.conversation_id, 0):
+            if not batch and time.monotonic() > self.deadline:
+                raise TimeoutError(f"job {self.job_id} did not finish in time")
+            yield [event for event in batch if event.get("message_id") == self.message_id]
+
+    async def abandon(self) -> None:
+        """The client has gone (or we gave up): cancel the job unless asked to go on."""
+        if self.continue_on_disconnect:
+            return
+        try:
+            # Shielded: a second cancellation of the request must not stop the cancel.
+            await asyncio.shield(sync_to_async(job_abandon)(job_id=self.job_id))
+        except Exception:
+            logger.exception("could not cancel job %s after its client left", self.job_id)
+
+    async def usage_of_cancelled(self) -> dict[str, int]:
+        message = await Message.objects.filter(pk=self.message_id).afirst()
+        if message is None:
+            return usage(0, 0)
+        return usage(message.prompt_tokens, message.completion_tokens)
+
+
+async def complete(answer: Answer, completion: Completion) -> HttpResponse:
+    """Wait for the whole answer; a ``chat.completion``."""
+    finished = False
+    try:
+        async with contextlib.aclosing(answer.events()) as batches:
+            async for batch in batches:
+                for event in batch:
+                    kind = event["event"]
+                    if kind == "completed":
+                        finished = True
+                        return JsonResponse(
+                            completion.completion(
+                                content=event["content"],
+                                finish_reason=FINISH_REASONS.get(
+                                    event["finish_reason"], event["finish_reason"]
+                                ),
+                                usage=usage(event["prompt_tokens"], event["completion_tokens"]),
+                            )
+                        )
+                    if kind == "cancelled":
+                        finished = True
+                        return JsonResponse(
+                            completion.completion(
+                                content=event["content"],
+                                finish_reason="abort",
+                                usage=await answer.usage_of_cancelled(),
+                            )
+                        )
+                    if kind == "failed":
+                        finished = True
+                        return error_response(event["error"], status=500, code="generation_failed")
+    except TimeoutError:
+        return error_response("the answer did not finish in time", status=504, code="timeout")
+    finally:
+        if not finished:
+            await answer.abandon()
+    raise AssertionError("unreachable: the event stream never ends")
+
+
+async def stream_chunks(
+    answer: Answer, completion: Completion, *, include_usage: bool
+) -> AsyncIterator[bytes]:
+    """The answer as ``chat.completion.chunk`` server-sent events, then ``[DONE]``.
+
+    The first chunk carries ``role`` with the first text; a failure ends the
+    stream with an error event in OpenAI's shape (the official client raises
+    it), never with a silent cut. Events that arrived together are written
+    together (one send, not one per event).
+    """
+    state = _StreamState(completion, include_usage=include_usage)
+    try:
+        async with contextlib.aclosing(answer.events()) as batches:
+            async for batch in batches:
+                if not batch:
+                    yield SSE_KEEPALIVE
+                    continue
+                out: list[bytes] = []
+                for event in batch:
+                    out += await state.translate(event, answer)
+                    if state.finished:
+                        break
+                if out:
+                    yield b"".join(out)
+                if state.finished:
+                    return
+    except TimeoutError:
+        yield sse(error_body("the answer did not finish in time", status=504, code="timeout")) + SSE_DONE
+    finally:
+        # Reached unfinished when the client disconnected (Django cancels the
+        # generator) or the deadline passed.
+        if not state.finished:
+            await answer.abandon()
+
+
+class _StreamState:
+    """Turns one reply's events into SSE chunks."""
+
+    def __init__(self, completion: Completion, *, include_usage: bool) -> None:
+        self.completion = completion
+        self.include_usage = include_usage
+        self.sent_role = False
+        self.sent_text = False
+        self.finished = False
+
+    async def translate(self, event: dict[str, Any], answer: Answer) -> list[bytes]:
+        kind = event["event"]
+        chunk = self.completion.chunk
+        if kind == "started" and event.get("attempt", 1) > 1 and self.sent_text:
+            # A worker died mid-answer and the job runs again from the start: text
+            # already sent cannot be taken back. The job goes on and is stored.
+            self.finished = True
+            message = "the answer was interrupted by a worker failure and restarted; retry the request"
+            return [sse(error_body(message, status=500, code="generation_restarted")), SSE_DONE]
+        if kind == "delta" and event["text"]:
+            delta = {"content": event["text"]}
+            if not self.sent_role:
+                delta = {"role": "assistant", **delta}
+                self.sent_role = True
+            self.sent_text = True
+            return [sse(chunk(delta=delta))]
+        if kind in ("completed", "cancelled"):
+            self.finished = True
+            out = []
+            if not self.sent_role:
+                out.append(sse(chunk(delta={"role": "assistant", "content": ""})))
+            if kind == "completed":
+                reason = FINISH_REASONS.get(event["finish_reason"], event["finish_reason"])
+                counts = usage(event["prompt_tokens"], event["completion_tokens"])
+            else:
+                reason = "abort"
+                counts = await answer.usage_of_cancelled() if self.include_usage else usage(0, 0)
+            out.append(sse(chunk(delta={}, finish_reason=reason)))
+            if self.include_usage:
+                out.append(sse(chunk(usage=counts)))
+            out.append(SSE_DONE)
+            return out
+        if kind == "failed":
+            self.finished = True
+            return [sse(error_body(event["error"], status=500, code="generation_failed")), SSE_DONE]
+        return []

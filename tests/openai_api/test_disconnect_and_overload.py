@@ -1,0 +1,160 @@
+"""Clients that go away mid-answer, and a model whose queue is full."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import openai
+import pytest
+from django.conf import settings
+
+from inference.engines.base import ChatMessage
+from inference.engines.simulated import simulated_tokens
+from inference.models import InferenceJob
+from tests.conftest import WorkerProcess, wait_for
+from tests.openai_api.conftest import start_server
+
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+
+def open_stream(base_url: str, key: str, body: dict) -> tuple[httpx.Client, httpx.Response]:
+    http = httpx.Client(timeout=30)
+    request = http.build_request(
+        "POST", f"{base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"}, json=body
+    )
+    response = http.send(request, stream=True)
+    assert response.status_code == 200, response.read()
+    return http, response
+
+
+def first_chunks(response: httpx.Response, n: int) -> list[dict]:
+    chunks = []
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            chunks.append(json.loads(line.removeprefix("data: ")))
+            if len(chunks) == n:
+                return chunks
+    raise AssertionError("the stream ended early")
+
+
+def test_a_disconnect_mid_stream_cancels_the_job_and_frees_the_slot(openai_server, echo_worker, api_user):
+    http, response = open_stream(
+        openai_server.base_url,
+        api_user.key,
+        {
+            "model": "echo",
+            "messages": [{"role": "user", "content": "a very long answer"}],
+            "max_tokens": 3000,  # about 30 s on the echo worker
+            "ignore_eos": True,
+            "stream": True,
+        },
+    )
+    chunks = first_chunks(response, 3)
+    response.close()
+    http.close()
+    closed = time.monotonic()
+
+    job = InferenceJob.objects.select_related("message").get(
+        pk=int(chunks[0]["id"].removeprefix("chatcmpl-"))
+    )
+    wait_for(lambda: InferenceJob.objects.get(pk=job.pk).state == "cancelled", timeout=10)
+    assert time.monotonic() - closed < 5
+    message = job.message
+    message.refresh_from_db()
+    assert message.status == "cancelled"
+    assert 3 <= message.completion_tokens < 3000
+    assert message.content.startswith("".join(c["choices"][0]["delta"]["content"] for c in chunks))
+    wait_for(lambda: echo_worker.engine_stats()["running"] == 0, timeout=10)
+
+
+def test_with_continue_on_disconnect_the_answer_is_finished_and_stored(openai_server, api_user):
+    messages = [{"role": "user", "content": "keep going without me"}]
+    http, response = open_stream(
+        openai_server.base_url,
+        api_user.key,
+        {
+            "model": "echo",
+            "messages": messages,
+            "max_tokens": 150,
+            "ignore_eos": True,
+            "stream": True,
+            "continue_on_disconnect": True,
+        },
+    )
+    chunk = first_chunks(response, 1)[0]
+    response.close()
+    http.close()
+
+    job_id = int(chunk["id"].removeprefix("chatcmpl-"))
+    wait_for(lambda: InferenceJob.objects.get(pk=job_id).state != "running", timeout=20)
+    job = InferenceJob.objects.select_related("message").get(pk=job_id)
+    assert (job.state, job.message.status, job.message.completion_tokens) == ("succeeded", "completed", 150)
+    chat = (ChatMessage("user", messages[0]["content"]),)
+    assert job.message.content == "".join(simulated_tokens(chat, 150, ignore_eos=True))
+
+
+def test_a_disconnect_while_waiting_for_a_whole_answer_cancels_it_too(openai_server, api_user):
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{openai_server.base_url}/chat/completions",
+            headers={"Authorization": f"Bearer {api_user.key}"},
+            json={
+                "model": "echo",
+                "messages": [{"role": "user", "content": "slow"}],
+                "max_tokens": 3000,
+                "ignore_eos": True,
+            },
+            timeout=httpx.Timeout(30, read=1.0),
+        )
+    wait_for(lambda: InferenceJob.objects.filter(state="cancelled").exists(), timeout=10)
+
+
+@pytest.fixture
+def one_slot_spare_worker(django_db_blocker, tmp_path):
+    """A worker for "spare" that runs one job at a time, so the next ones wait in its queue."""
+    models = json.loads(json.dumps(settings.LLM_MODELS))
+    models["spare"]["options"]["max_num_seqs"] = 1
+    with django_db_blocker.unblock():
+        worker = WorkerProcess("spare", tmp_path / "spare.log", LLM_MODELS=json.dumps(models))
+    try:
+        worker.wait_ready()
+        yield worker
+    finally:
+        worker.stop()
+
+
+@pytest.fixture
+def small_queue_server(django_db_blocker, tmp_path):
+    server = start_server(django_db_blocker, tmp_path / "uvicorn.log", LLM_MAX_QUEUED_PER_MODEL="1")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_full_queue_is_429_with_retry_after(small_queue_server, one_slot_spare_worker, api_user):
+    long = {
+        "model": "spare",
+        "messages": [{"role": "user", "content": "hold the slot"}],
+        "max_tokens": 3000,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    running = open_stream(small_queue_server.base_url, api_user.key, long)
+    wait_for(lambda: InferenceJob.objects.filter(state="running").exists())
+    waiting = open_stream(small_queue_server.base_url, api_user.key, long)  # the queue holds one
+    client = openai.OpenAI(base_url=small_queue_server.base_url, api_key=api_user.key, max_retries=0)
+    try:
+        with pytest.raises(openai.RateLimitError) as caught:
+            client.chat.completions.create(model="spare", messages=[{"role": "user", "content": "one more"}])
+        assert caught.value.status_code == 429
+        assert caught.value.body["code"] == "overloaded"
+        assert caught.value.response.headers["retry-after"]
+        assert InferenceJob.objects.count() == 2
+    finally:
+        for http, response in (running, waiting):  # leaving cancels both jobs
+            response.close()
+            http.close()
+    wait_for(lambda: InferenceJob.objects.filter(state="cancelled").count() == 2, timeout=10)
