@@ -89,17 +89,26 @@ async def test_cancel_stops_vllm_within_a_step_and_frees_the_slot(tiny_worker, a
     # files) on its first request: do that before the clock starts.
     client = api_user.client()
     await database_sync_to_async(lambda: client.get("/api/models/"))()
-    posted = await post(api_user, conversation.pk, {"content": "go", "max_tokens": 480, "ignore_eos": True})
-    # Cancel once the answer has started: on a loaded 2-core machine the
-    # request can take a second to get through, and 480 tokens of the tiny
-    # model take little more.
-    seen = [await ws.receive_json_from(timeout=60)]
-    assert seen[0]["event"] == "started"
-    response = await database_sync_to_async(lambda: client.post(f"/api/jobs/{posted['job']['id']}/cancel/"))()
-    assert response.status_code == 202, response.content
-    asked = time.monotonic()
-    rest = await events_until_final(ws, timeout=10)
-    took = time.monotonic() - asked
+    # Cancel once the answer has started. 480 tokens of the tiny model take
+    # about 1.3 s, and on a loaded 2-core machine the cancel request itself
+    # can take that long to get through: an answer that finished first is
+    # not a failure of cancel, so such a round is tried again (3 at most).
+    for _ in range(3):
+        posted = await post(
+            api_user, conversation.pk, {"content": "go", "max_tokens": 480, "ignore_eos": True}
+        )
+        seen = [await ws.receive_json_from(timeout=60)]
+        assert seen[0]["event"] == "started"
+        response = await database_sync_to_async(
+            lambda: client.post(f"/api/jobs/{posted['job']['id']}/cancel/")  # noqa: B023
+        )()
+        asked = time.monotonic()
+        rest = await events_until_final(ws, timeout=10)
+        took = time.monotonic() - asked
+        if response.status_code == 202 and rest[-1]["event"] == "cancelled":
+            break
+        assert response.status_code in (202, 409), response.content
+        assert rest[-1]["event"] == "completed", rest[-1]
     await ws.disconnect()
 
     assert rest[-1]["event"] == "cancelled"
