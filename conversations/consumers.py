@@ -15,7 +15,6 @@ Client messages: ``{"type": "stop", "message_id": id}`` cancels an answer,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
@@ -29,6 +28,7 @@ from inference import streaming
 from inference.events import FINAL_EVENTS
 from inference.selectors import job_get_for_message
 from inference.services import job_cancel
+from llmproject.aio import cancel_and_wait
 from llmproject.exceptions import ApplicationError
 
 logger = logging.getLogger(__name__)
@@ -81,11 +81,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             return None
 
     async def disconnect(self, code: int) -> None:
-        watchdog = getattr(self, "watchdog", None)
-        if watchdog is not None:
-            watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watchdog
+        await cancel_and_wait(getattr(self, "watchdog", None))
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 

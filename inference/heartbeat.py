@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from django.conf import settings
 
 from inference.streaming import redis_client
+from llmproject.aio import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +76,7 @@ class Heartbeat:
                 logger.warning("heartbeat of %s failed", self.model, exc_info=True)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         try:
             await self._redis.zrem(_key(self.model), self.member)
         except Exception:

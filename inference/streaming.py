@@ -29,6 +29,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from inference.events import FINAL_EVENTS, StreamEvent
+from llmproject.aio import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -206,12 +207,7 @@ class EventPublisher:
         return await future
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         await self._redis.aclose()
 
     async def _run(self) -> None:

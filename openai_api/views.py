@@ -186,11 +186,16 @@ class Answer:
         except Exception:
             logger.exception("could not cancel job %s after its client left", self.job_id)
 
-    async def usage_of_cancelled(self) -> dict[str, int]:
-        message = await Message.objects.filter(pk=self.message_id).afirst()
+    async def outcome(self, event: dict[str, Any], *, need_usage: bool = True) -> tuple[str, dict[str, int]]:
+        """The finish reason and usage of a ``completed`` or ``cancelled`` event (a
+        cancelled reply's counts are read from its stored message, if needed)."""
+        if event["event"] == "completed":
+            reason = FINISH_REASONS.get(event["finish_reason"], event["finish_reason"])
+            return reason, usage(event["prompt_tokens"], event["completion_tokens"])
+        message = await Message.objects.filter(pk=self.message_id).afirst() if need_usage else None
         if message is None:
-            return usage(0, 0)
-        return usage(message.prompt_tokens, message.completion_tokens)
+            return "abort", usage(0, 0)
+        return "abort", usage(message.prompt_tokens, message.completion_tokens)
 
 
 async def complete(answer: Answer, completion: Completion) -> HttpResponse:
@@ -201,26 +206,13 @@ async def complete(answer: Answer, completion: Completion) -> HttpResponse:
             async for batch in batches:
                 for event in batch:
                     kind = event["event"]
-                    if kind == "completed":
+                    if kind in ("completed", "cancelled"):
                         finished = True
-                        return JsonResponse(
-                            completion.completion(
-                                content=event["content"],
-                                finish_reason=FINISH_REASONS.get(
-                                    event["finish_reason"], event["finish_reason"]
-                                ),
-                                usage=usage(event["prompt_tokens"], event["completion_tokens"]),
-                            )
+                        reason, counts = await answer.outcome(event)
+                        body = completion.completion(
+                            content=event["content"], finish_reason=reason, usage=counts
                         )
-                    if kind == "cancelled":
-                        finished = True
-                        return JsonResponse(
-                            completion.completion(
-                                content=event["content"],
-                                finish_reason="abort",
-                                usage=await answer.usage_of_cancelled(),
-                            )
-                        )
+                        return JsonResponse(body)
                     if kind == "failed":
                         finished = True
                         return error_response(event["error"], status=500, code="generation_failed")
@@ -298,12 +290,7 @@ class _StreamState:
             out = []
             if not self.sent_role:
                 out.append(sse(chunk(delta={"role": "assistant", "content": ""})))
-            if kind == "completed":
-                reason = FINISH_REASONS.get(event["finish_reason"], event["finish_reason"])
-                counts = usage(event["prompt_tokens"], event["completion_tokens"])
-            else:
-                reason = "abort"
-                counts = await answer.usage_of_cancelled() if self.include_usage else usage(0, 0)
+            reason, counts = await answer.outcome(event, need_usage=self.include_usage)
             out.append(sse(chunk(delta={}, finish_reason=reason)))
             if self.include_usage:
                 out.append(sse(chunk(usage=counts)))
