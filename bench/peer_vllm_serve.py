@@ -113,6 +113,51 @@ class VLLMServe:
             self.proc.wait()
 
 
+def parse_pin(value: str) -> tuple[set[int], set[int]] | None:
+    """``--pin ENGINE:SERVER`` CPU lists (``0:1``, ``0-1:2-3``), or None for ``none``."""
+    if value == "none":
+        return None
+
+    def cpus(part: str) -> set[int]:
+        out: set[int] = set()
+        for item in part.split(","):
+            lo, _, hi = item.partition("-")
+            out.update(range(int(lo), int(hi or lo) + 1))
+        return out
+
+    engine, _, server = value.partition(":")
+    return cpus(engine), cpus(server)
+
+
+def pin(root_pids: list[int], pinning: tuple[set[int], set[int]] | None) -> str:
+    """Bind the engine's processes (vLLM's ``VLLM::*`` children) to the first CPU set, and
+    the servers (and this process, the benchmark client) to the second: every thread of
+    them, the same way for both sides. Returns what was done, to print."""
+    if pinning is None:
+        return "no CPU pinning"
+    import psutil
+
+    engine_cpus, server_cpus = pinning
+    placed = {"engine": [], "server": []}
+    procs = [psutil.Process(os.getpid())]
+    for pid in root_pids:
+        root = psutil.Process(pid)
+        procs += [root, *root.children(recursive=True)]
+    for proc in procs:
+        try:
+            is_engine = "VLLM::" in proc.name() or "VLLM::" in " ".join(proc.cmdline())
+            cpus = engine_cpus if is_engine else server_cpus
+            for thread in proc.threads():
+                os.sched_setaffinity(thread.id, cpus)
+        except (psutil.Error, OSError):
+            continue
+        placed["engine" if is_engine else "server"].append(proc.name())
+    return (
+        f"engine processes {sorted(set(placed['engine']))} on CPUs {sorted(engine_cpus)}, "
+        f"servers and client {sorted(set(placed['server']))} on CPUs {sorted(server_cpus)}"
+    )
+
+
 def run_benchmark(
     *, port: int, api_key: str | None, tokenizer: str, args: argparse.Namespace, label: str
 ) -> dict:
@@ -182,8 +227,14 @@ def main() -> int:
     parser.add_argument("--redis-db", type=int, default=12)
     parser.add_argument("--result-dir", type=Path, default=ROOT / "var" / "bench")
     parser.add_argument("--only", choices=["vllm", "ours"], help="run one side only")
+    parser.add_argument(
+        "--pin",
+        default="0:1" if (os.cpu_count() or 1) >= 2 else "none",
+        help="ENGINE_CPUS:SERVER_CPUS to bind both sides' processes to (default 0:1), or none",
+    )
     args = parser.parse_args()
     args.result_dir.mkdir(parents=True, exist_ok=True)
+    pinning = parse_pin(args.pin)
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmproject.settings")
     os.environ.pop("LLM_MODELS", None)  # the default registry's "tiny"
@@ -205,6 +256,7 @@ def main() -> int:
         server = VLLMServe(options, max_model_len, workdir)
         try:
             server.wait_ready()
+            print(pin([server.proc.pid], pinning), flush=True)
             results["vllm serve"] = run_benchmark(
                 port=server.port, api_key=None, tokenizer=options["model"], args=args, label="vllm-serve"
             )
@@ -214,6 +266,7 @@ def main() -> int:
         print("our stack (uvicorn + run_workers tiny): starting ...", flush=True)
         stack = Stack(options, workdir, max_model_len=max_model_len, redis_db=args.redis_db)
         key = stack.start()
+        print(pin([proc.pid for proc in stack.procs], pinning), flush=True)
         try:
             results["ours"] = run_benchmark(
                 port=stack.port, api_key=key, tokenizer=options["model"], args=args, label="ours"

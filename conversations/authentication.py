@@ -5,8 +5,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
+from collections import OrderedDict
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 from rest_framework import authentication, exceptions
@@ -33,17 +37,71 @@ def api_key_create(*, user: AbstractBaseUser, name: str = "") -> tuple[ApiKey, s
     return key, raw
 
 
+class _KeyCache:
+    """Valid keys seen lately (by hash), each for ``API_KEY_CACHE_SECONDS``: most requests
+    then need no database round trip to authenticate. Unknown keys are never kept."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._entries: OrderedDict[str, tuple[float, AbstractBaseUser]] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> AbstractBaseUser | None:
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is None:
+                return None
+            if entry[0] <= time.monotonic():
+                del self._entries[digest]
+                return None
+            return entry[1]
+
+    def put(self, digest: str, user: AbstractBaseUser) -> None:
+        ttl = settings.API_KEY_CACHE_SECONDS
+        if ttl <= 0:
+            return
+        with self._lock:
+            self._entries[digest] = (time.monotonic() + ttl, user)
+            self._entries.move_to_end(digest)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+_key_cache = _KeyCache()
+
+
+def api_key_user_cached(*, raw: str) -> AbstractBaseUser | None:
+    """The user of ``raw`` if this process validated it in the last ``API_KEY_CACHE_SECONDS``;
+    None means "ask ``api_key_user``". No database access: safe on an event loop."""
+    if settings.API_KEY_CACHE_SECONDS <= 0 or not raw.startswith(KEY_PREFIX):
+        return None
+    return _key_cache.get(_hash(raw))
+
+
 def api_key_user(*, raw: str) -> AbstractBaseUser | None:
-    """The active user owning ``raw``, or None for an unknown, revoked or inactive key."""
+    """The active user owning ``raw``, or None for an unknown, revoked or inactive key.
+
+    A key found valid is remembered for ``API_KEY_CACHE_SECONDS`` (see
+    ``api_key_user_cached``), so revoking it takes effect within that time.
+    """
     if not raw.startswith(KEY_PREFIX):
         return None
+    digest = _hash(raw)
+    cached = api_key_user_cached(raw=raw)
+    if cached is not None:
+        return cached
     prefix = raw[len(KEY_PREFIX) :][:_PREFIX_CHARS]
     key = ApiKey.objects.select_related("user").filter(prefix=prefix, revoked_at__isnull=True).first()
-    if key is None or not hmac.compare_digest(key.key_hash, _hash(raw)) or not key.user.is_active:
+    if key is None or not hmac.compare_digest(key.key_hash, digest) or not key.user.is_active:
         return None
     now = timezone.now()
     if key.last_used_at is None or now - key.last_used_at > _LAST_USED_RESOLUTION:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+    _key_cache.put(digest, key.user)
     return key.user
 
 

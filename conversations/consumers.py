@@ -63,6 +63,10 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         # Join the group before reading the position: every event after it
         # arrives through the group or is found in the stream.
         await self.channel_layer.group_add(self.group, self.channel_name)
+        # Workers send to the group only while it has a listener on record.
+        await streaming.listener_add(
+            self.conversation_id, self.channel_name, ttl=getattr(self.channel_layer, "group_expiry", 86400)
+        )
         await self.accept()
         current, inflight = await streaming.stream_position(self.conversation_id)
         after = self._after_param()
@@ -84,6 +88,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         await cancel_and_wait(getattr(self, "watchdog", None))
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+            await streaming.listener_remove(self.conversation_id, self.channel_name)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         kind = content.get("type") if isinstance(content, dict) else None

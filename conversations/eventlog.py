@@ -16,10 +16,35 @@ def event_record(
     message_id: int | None = None,
     payload: dict[str, Any] | None = None,
 ) -> ConversationEvent:
-    return ConversationEvent.objects.create(
+    event = event_build(
+        conversation_id=conversation_id,
+        kind=kind,
+        correlation_id=correlation_id,
+        message_id=message_id,
+        payload=payload,
+    )
+    event.save(force_insert=True)
+    return event
+
+
+def event_build(
+    *,
+    conversation_id: int,
+    kind: ConversationEvent.Kind,
+    correlation_id: uuid.UUID,
+    message_id: int | None = None,
+    payload: dict[str, Any] | None = None,
+) -> ConversationEvent:
+    """An event not yet stored, for ``events_record``."""
+    return ConversationEvent(
         conversation_id=conversation_id,
         message_id=message_id,
         kind=kind,
         correlation_id=correlation_id,
         payload=payload or {},
     )
+
+
+def events_record(events: list[ConversationEvent]) -> list[ConversationEvent]:
+    """Store several events in one statement, in order."""
+    return ConversationEvent.objects.bulk_create(events)

@@ -12,7 +12,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
-from conversations.eventlog import event_record
+from conversations.eventlog import event_build, event_record, events_record
 from conversations.models import Conversation, ConversationEvent, Message
 from inference import params as inference_params
 from inference.models import InferenceJob
@@ -137,26 +137,37 @@ def conversation_start(
         conversation = Conversation.objects.create(
             owner=owner, title=_storable(_title(first_user)), model=spec.name
         )
-        stored = Message.objects.bulk_create(
+        # One statement for the given messages and the queued reply, one for the
+        # job, one for both events: a chat completion is stored in four.
+        *stored, assistant_message = Message.objects.bulk_create(
             [
-                Message(conversation=conversation, role=role, content=_storable(content), model=spec.name)
-                for role, content in messages
+                *(
+                    Message(conversation=conversation, role=role, content=_storable(content), model=spec.name)
+                    for role, content in messages
+                ),
+                _reply(conversation=conversation, spec=spec),
             ]
         )
-        event_record(
-            conversation_id=conversation.pk,
-            kind=ConversationEvent.Kind.USER_QUERY_RECEIVED,
-            correlation_id=correlation_id,
-            message_id=stored[-1].pk,
-            payload={"chars": sum(len(c) for _, c in messages), "messages": len(messages)},
-        )
-        assistant_message, job = _reply_queue(
-            conversation=conversation,
+        job = job_create(
+            message=assistant_message,
             spec=spec,
-            sampling=sampling,
+            params=sampling,
             priority=priority,
             correlation_id=correlation_id,
         )
+        events_record(
+            [
+                event_build(
+                    conversation_id=conversation.pk,
+                    kind=ConversationEvent.Kind.USER_QUERY_RECEIVED,
+                    correlation_id=correlation_id,
+                    message_id=stored[-1].pk,
+                    payload={"chars": sum(len(c) for _, c in messages), "messages": len(messages)},
+                ),
+                _queued_event(job=job, conversation=conversation, sampling=sampling),
+            ]
+        )
+        transaction.on_commit(functools.partial(job_publish, job=job))
     return StartedConversation(
         conversation=conversation, messages=stored, assistant_message=assistant_message, job=job
     )
@@ -173,6 +184,29 @@ def _title(content: str) -> str:
     return lines[0][:TITLE_LENGTH] if lines else ""
 
 
+def _reply(*, conversation: Conversation, spec: ModelSpec) -> Message:
+    """The queued assistant reply (not yet stored)."""
+    return Message(
+        conversation=conversation,
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.QUEUED,
+        model=spec.name,
+        queued_at=timezone.now(),
+    )
+
+
+def _queued_event(
+    *, job: InferenceJob, conversation: Conversation, sampling: dict[str, Any]
+) -> ConversationEvent:
+    return event_build(
+        conversation_id=conversation.pk,
+        kind=ConversationEvent.Kind.INFERENCE_QUEUED,
+        correlation_id=job.correlation_id,
+        message_id=job.message_id,
+        payload={"job_id": job.pk, "model": job.model, "queue": job.queue, "params": sampling},
+    )
+
+
 def _reply_queue(
     *,
     conversation: Conversation,
@@ -183,13 +217,8 @@ def _reply_queue(
 ) -> tuple[Message, InferenceJob]:
     """Within the caller's transaction: the queued assistant reply, its job and event,
     and the job's publication once the transaction commits."""
-    assistant_message = Message.objects.create(
-        conversation=conversation,
-        role=Message.Role.ASSISTANT,
-        status=Message.Status.QUEUED,
-        model=spec.name,
-        queued_at=timezone.now(),
-    )
+    assistant_message = _reply(conversation=conversation, spec=spec)
+    assistant_message.save(force_insert=True)
     job = job_create(
         message=assistant_message,
         spec=spec,
@@ -197,12 +226,6 @@ def _reply_queue(
         priority=priority,
         correlation_id=correlation_id,
     )
-    event_record(
-        conversation_id=conversation.pk,
-        kind=ConversationEvent.Kind.INFERENCE_QUEUED,
-        correlation_id=correlation_id,
-        message_id=assistant_message.pk,
-        payload={"job_id": job.pk, "model": spec.name, "queue": job.queue, "params": sampling},
-    )
-    transaction.on_commit(functools.partial(job_publish, job_id=job.pk))
+    _queued_event(job=job, conversation=conversation, sampling=sampling).save(force_insert=True)
+    transaction.on_commit(functools.partial(job_publish, job=job))
     return assistant_message, job

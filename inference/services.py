@@ -65,7 +65,7 @@ def job_create(
     )
 
 
-def job_publish(*, job_id: int) -> None:
+def job_publish(*, job: InferenceJob) -> None:
     """Send the job to its model's queue. The one place that publishes jobs.
 
     Precondition: the job's rows are committed. If the broker cannot be
@@ -74,7 +74,6 @@ def job_publish(*, job_id: int) -> None:
     """
     from inference.tasks import run_job
 
-    job = InferenceJob.objects.get(pk=job_id)
     try:
         run_job.apply_async(
             args=[job.pk],

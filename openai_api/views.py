@@ -27,13 +27,14 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from conversations.authentication import api_key_user, bearer_token
+from conversations.authentication import api_key_user, api_key_user_cached, bearer_token
 from conversations.models import Message
-from conversations.services import conversation_start
+from conversations.services import StartedConversation, conversation_start
 from inference import registry, streaming
 from inference.admission import model_admit
 from inference.params import resolve_model
@@ -77,7 +78,7 @@ async def authenticate(request: HttpRequest) -> AbstractBaseUser:
         raise NotAuthenticated(
             "no API key: send the header 'Authorization: Bearer <api key>'", code="missing_api_key"
         )
-    user = await sync_to_async(api_key_user)(raw=token)
+    user = api_key_user_cached(raw=token) or await sync_to_async(api_key_user)(raw=token)
     if user is None:
         raise NotAuthenticated("invalid or revoked API key")
     return user
@@ -133,7 +134,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     if settings.OPENAI_API_THROTTLE_CLASSES:
         await sync_to_async(throttle_check)(request=request, user=user)
     await model_admit(spec=spec)
-    started = await sync_to_async(conversation_start)(
+    started = await sync_to_async(_store)(
         owner=user, model=spec.name, messages=chat.messages, params=chat.params
     )
     completion = Completion(id=f"chatcmpl-{started.job.pk}", created=int(time.time()), model=spec.name)
@@ -152,6 +153,16 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         response["X-Accel-Buffering"] = "no"  # no proxy buffering of the stream
         return response
     return await complete(answer, completion)
+
+
+def _store(**kwargs: Any) -> StartedConversation:
+    """``conversation_start``, then the request's database connection goes back (to the
+    pool, if any): the answer streams for seconds without needing it, and a
+    connection held per open stream would cap the streams at the pool's size."""
+    try:
+        return conversation_start(**kwargs)
+    finally:
+        connection.close()
 
 
 class Answer:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -17,15 +15,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 async def store_without_sending(conversation_id: int, event: dict) -> int:
     """Append to the stream but skip group_send: what channels-redis does to a full channel."""
-    client = streaming.redis_client()
-    script = client.register_script(streaming._APPEND_LUA)
-    marker = "started" if event["event"] == "started" else "final" if event["event"] in ("completed",) else ""
-    return int(
-        await script(
-            keys=list(streaming._keys(conversation_id)),
-            args=[json.dumps(event), 1000, 3600, marker, event["message_id"]],
-        )
-    )
+    [(seq, listening)] = await streaming.store_events([(conversation_id, event)])
+    assert listening, "the consumer registers as a listener when it connects"
+    return seq
 
 
 async def connect(conversation_id: int, key: str) -> WebsocketCommunicator:
@@ -105,3 +97,16 @@ async def test_a_browser_session_from_another_origin_is_refused(api_user):
     )
     connected, _ = await communicator.connect()
     assert not connected
+
+
+async def test_workers_send_to_a_conversation_only_while_a_websocket_listens(api_user):
+    conversation = await database_sync_to_async(ConversationFactory)(owner=api_user.user)
+    delta = {"event": "delta", "message_id": 7, "text": "a", "tokens": 1}
+    [(_, listening)] = await streaming.store_events([(conversation.pk, delta)])
+    assert not listening
+    ws = await connect(conversation.pk, api_user.key)
+    [(_, listening)] = await streaming.store_events([(conversation.pk, delta)])
+    assert listening
+    await ws.disconnect()
+    [(_, listening)] = await streaming.store_events([(conversation.pk, delta)])
+    assert not listening

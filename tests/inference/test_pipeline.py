@@ -152,7 +152,8 @@ async def test_a_job_delivered_twice_stores_one_answer(echo_worker, api_user):
         api_user, conversation.pk, {"content": "only once", "max_tokens": 30, "ignore_eos": True}
     )
     job_id = posted["job"]["id"]
-    await database_sync_to_async(job_publish)(job_id=job_id)  # the broker delivers it again
+    # The broker delivers it again.
+    await database_sync_to_async(lambda: job_publish(job=InferenceJob.objects.get(pk=job_id)))()
 
     events = await events_until_final(ws)
     await asyncio.sleep(0.5)  # time for the second delivery to run, if it were going to
@@ -190,7 +191,7 @@ async def test_a_job_whose_worker_died_is_run_again_by_its_redelivery(echo_worke
         InferenceJob.objects.filter(pk=job_id).update(
             state="running", started_at=timezone.now() - timedelta(seconds=settings.LLM_JOB_TIME_LIMIT + 1)
         )
-        job_publish(job_id=job_id)
+        job_publish(job=InferenceJob.objects.get(pk=job_id))
 
     await database_sync_to_async(orphan)()
     events = await events_until_final(ws)
