@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis.exceptions
@@ -23,7 +23,7 @@ from kombu.exceptions import OperationalError as BrokerError
 
 from conversations.eventlog import event_record
 from conversations.models import ConversationEvent, Message
-from inference import runtime, streaming
+from inference import pgsql, runtime, streaming
 from inference.engines.base import ChatMessage, EngineError, GenerationRequest, SamplingParams
 from inference.events import StreamEvent
 from inference.generation import GenerationResult
@@ -109,6 +109,16 @@ def job_claim(*, job_id: int, worker: str) -> Claim | None:
     """
     now = timezone.now()
     stale = now - timedelta(seconds=settings.LLM_JOB_TIME_LIMIT)
+    if pgsql.available():
+        row = pgsql.claim(job_id=job_id, worker=worker, now=now, stale=stale)
+        if row is not None:
+            return _claim_from_row(row, worker=worker, now=now)
+        job = InferenceJob.objects.select_related("message").filter(pk=job_id).first()
+        if job is None:
+            logger.info("job %s no longer exists (conversation deleted?); skipping", job_id)
+        else:
+            _explain_unclaimed(job)
+        return None
     claimable = Q(state=InferenceJob.State.QUEUED) | Q(state=InferenceJob.State.RUNNING, started_at__lt=stale)
     with transaction.atomic():
         claimed = (
@@ -141,6 +151,33 @@ def job_claim(*, job_id: int, worker: str) -> Claim | None:
             payload={"job_id": job.pk, "attempt": job.attempts, "worker": worker},
         )
     return Claim(job=job, attempt=job.attempts)
+
+
+def _claim_from_row(row: pgsql.ClaimedRow, *, worker: str, now: datetime) -> Claim:
+    """The claimed job and its reply as the ORM path would have read them back."""
+    message = Message(
+        id=row.message_id,
+        conversation_id=row.conversation_id,
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.STREAMING,
+        model=row.model,
+        queued_at=row.queued_at,
+        started_at=now,
+    )
+    job = InferenceJob(
+        id=row.job_id,
+        message=message,
+        model=row.model,
+        params=row.params,
+        state=InferenceJob.State.RUNNING,
+        attempts=row.attempts,
+        max_attempts=row.max_attempts,
+        correlation_id=row.correlation_id,
+        worker=worker,
+        started_at=now,
+    )
+    job._state.adding = message._state.adding = False  # they are stored rows
+    return Claim(job=job, attempt=row.attempts)
 
 
 def _explain_unclaimed(job: InferenceJob) -> None:
@@ -282,6 +319,40 @@ def job_finish(*, claim: Claim, result: GenerationResult) -> bool:
     ``claim``; False if another attempt took over."""
     job = claim.job
     cancelled = result.finish_reason == "abort"
+    reply = {
+        "content": result.text,
+        "status": Message.Status.CANCELLED if cancelled else Message.Status.COMPLETED,
+        "finish_reason": result.finish_reason,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "first_token_at": result.first_token_at,
+        "finished_at": result.finished_at,
+    }
+    kind = (
+        ConversationEvent.Kind.INFERENCE_CANCELLED if cancelled else ConversationEvent.Kind.RESPONSE_GENERATED
+    )
+    payload = {
+        "job_id": job.pk,
+        "attempt": claim.attempt,
+        "finish_reason": result.finish_reason,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+    }
+    if pgsql.available():
+        stored = pgsql.finish(
+            job_id=job.pk,
+            attempt=claim.attempt,
+            job_state=InferenceJob.State.CANCELLED if cancelled else InferenceJob.State.SUCCEEDED,
+            conversation_id=claim.conversation_id,
+            correlation_id=job.correlation_id,
+            reply=reply,
+            event_kind=kind,
+            event_payload=payload,
+            now=result.finished_at,
+        )
+        if not stored:
+            logger.warning("job %s attempt %s was superseded; its answer is discarded", job.pk, claim.attempt)
+        return stored
     with transaction.atomic():
         updated = InferenceJob.objects.filter(
             pk=job.pk, attempts=claim.attempt, state=InferenceJob.State.RUNNING
@@ -293,29 +364,13 @@ def job_finish(*, claim: Claim, result: GenerationResult) -> bool:
         if not updated:
             logger.warning("job %s attempt %s was superseded; its answer is discarded", job.pk, claim.attempt)
             return False
-        Message.objects.filter(pk=job.message_id).update(
-            content=result.text,
-            status=Message.Status.CANCELLED if cancelled else Message.Status.COMPLETED,
-            finish_reason=result.finish_reason,
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            first_token_at=result.first_token_at,
-            finished_at=result.finished_at,
-        )
+        Message.objects.filter(pk=job.message_id).update(**reply)
         event_record(
             conversation_id=claim.conversation_id,
-            kind=ConversationEvent.Kind.INFERENCE_CANCELLED
-            if cancelled
-            else ConversationEvent.Kind.RESPONSE_GENERATED,
+            kind=kind,
             correlation_id=job.correlation_id,
             message_id=job.message_id,
-            payload={
-                "job_id": job.pk,
-                "attempt": claim.attempt,
-                "finish_reason": result.finish_reason,
-                "prompt_tokens": result.prompt_tokens,
-                "completion_tokens": result.completion_tokens,
-            },
+            payload=payload,
         )
     return True
 

@@ -88,12 +88,22 @@ async def test_a_posted_message_is_streamed_in_order_and_stored(echo_worker, api
     assert message.started_at and message.first_token_at and message.finished_at
     job = await database_sync_to_async(InferenceJob.objects.get)(pk=posted["job"]["id"])
     assert (job.state, job.attempts) == ("succeeded", 1)
-    kinds = await database_sync_to_async(
+    events = await database_sync_to_async(
         lambda: list(
-            ConversationEvent.objects.filter(correlation_id=job.correlation_id).values_list("kind", flat=True)
+            ConversationEvent.objects.filter(correlation_id=job.correlation_id).values_list(
+                "kind", "message_id", "payload"
+            )
         )
     )()
+    kinds = [kind for kind, _, _ in events]
     assert kinds == ["user_query_received", "inference_queued", "inference_started", "response_generated"]
+    _, started_message, started = events[2]
+    assert started_message == message_id
+    assert (started["job_id"], started["attempt"]) == (job.pk, 1) and started["worker"]
+    _, generated_message, generated = events[3]
+    assert generated_message == message_id
+    assert generated["completion_tokens"] == message.completion_tokens
+    assert generated["finish_reason"] == message.finish_reason
 
 
 async def test_the_model_sees_the_conversation_history(echo_worker, api_user):
