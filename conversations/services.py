@@ -12,12 +12,13 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
+from conversations import pgsql
 from conversations.eventlog import event_build, event_record, events_record
 from conversations.models import Conversation, ConversationEvent, Message
 from inference import params as inference_params
 from inference.models import InferenceJob
 from inference.registry import ModelSpec
-from inference.services import job_create, job_publish
+from inference.services import job_build, job_create, job_publish
 from llmproject.exceptions import InvalidInput
 
 TITLE_LENGTH = 60
@@ -133,41 +134,49 @@ def conversation_start(
     inference_params.check_prompt_fits(spec, [content for _, content in messages], sampling["max_tokens"])
     correlation_id = uuid.uuid4()
     first_user = next((content for role, content in messages if role == Message.Role.USER), "")
-    with transaction.atomic():
-        conversation = Conversation.objects.create(
-            owner=owner, title=_storable(_title(first_user)), model=spec.name
+    conversation = Conversation(owner=owner, title=_storable(_title(first_user)), model=spec.name)
+    stored = [
+        Message(conversation=conversation, role=role, content=_storable(content), model=spec.name)
+        for role, content in messages
+    ]
+    assistant_message = _reply(conversation=conversation, spec=spec)
+    job = job_build(
+        message=assistant_message,
+        spec=spec,
+        params=sampling,
+        priority=priority,
+        correlation_id=correlation_id,
+    )
+    received = event_build(
+        conversation_id=0,  # set once stored
+        kind=ConversationEvent.Kind.USER_QUERY_RECEIVED,
+        correlation_id=correlation_id,
+        payload={"chars": sum(len(c) for _, c in messages), "messages": len(messages)},
+    )
+    if pgsql.available():
+        # One statement, committed on its own: then the job is published.
+        queued = _queued_event(job=job, conversation=conversation, sampling=sampling)
+        pgsql.insert_chat(
+            conversation=conversation,
+            messages=[*stored, assistant_message],
+            job=job,
+            received=received,
+            queued=queued,
         )
-        # One statement for the given messages and the queued reply, one for the
-        # job, one for both events: a chat completion is stored in four.
-        *stored, assistant_message = Message.objects.bulk_create(
-            [
-                *(
-                    Message(conversation=conversation, role=role, content=_storable(content), model=spec.name)
-                    for role, content in messages
-                ),
-                _reply(conversation=conversation, spec=spec),
-            ]
-        )
-        job = job_create(
-            message=assistant_message,
-            spec=spec,
-            params=sampling,
-            priority=priority,
-            correlation_id=correlation_id,
-        )
-        events_record(
-            [
-                event_build(
-                    conversation_id=conversation.pk,
-                    kind=ConversationEvent.Kind.USER_QUERY_RECEIVED,
-                    correlation_id=correlation_id,
-                    message_id=stored[-1].pk,
-                    payload={"chars": sum(len(c) for _, c in messages), "messages": len(messages)},
-                ),
-                _queued_event(job=job, conversation=conversation, sampling=sampling),
-            ]
-        )
-        transaction.on_commit(functools.partial(job_publish, job=job))
+        job_publish(job=job)
+    else:
+        with transaction.atomic():
+            conversation.save(force_insert=True)
+            # One statement for the given messages and the queued reply, one
+            # for the job, one for both events.
+            for message in (*stored, assistant_message):
+                message.conversation = conversation
+            Message.objects.bulk_create([*stored, assistant_message])
+            job.message = assistant_message
+            job.save(force_insert=True)
+            received.conversation_id, received.message_id = conversation.pk, stored[-1].pk
+            events_record([received, _queued_event(job=job, conversation=conversation, sampling=sampling)])
+            transaction.on_commit(functools.partial(job_publish, job=job))
     return StartedConversation(
         conversation=conversation, messages=stored, assistant_message=assistant_message, job=job
     )

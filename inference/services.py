@@ -53,7 +53,23 @@ def job_create(
     priority: int,
     correlation_id: uuid.UUID,
 ) -> InferenceJob:
-    return InferenceJob.objects.create(
+    job = job_build(
+        message=message, spec=spec, params=params, priority=priority, correlation_id=correlation_id
+    )
+    job.save(force_insert=True)
+    return job
+
+
+def job_build(
+    *,
+    message: Message,
+    spec: ModelSpec,
+    params: dict[str, Any],
+    priority: int,
+    correlation_id: uuid.UUID,
+) -> InferenceJob:
+    """The job for ``message``'s reply, not yet stored."""
+    return InferenceJob(
         message=message,
         model=spec.name,
         queue=spec.queue,

@@ -1,0 +1,104 @@
+"""A chat completion's rows in one statement on PostgreSQL.
+
+Through the ORM, storing a chat completion is a transaction of four inserts
+and a commit: five round trips, each a wait for the database and the thread
+scheduler on a loaded web server. One statement of data-modifying CTEs
+inserts the conversation, its messages and queued reply, the job and both
+events, in autocommit. Columns and values come from the unsaved model
+instances (``pre_save``/``get_db_prep_save``, as the ORM's own insert), so the
+SQL follows the models.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import connection
+from django.db.models import Model
+
+from conversations.models import Conversation, ConversationEvent, Message
+from inference.models import InferenceJob
+from inference.pgsql import available  # noqa: F401  (the one test of the database in use)
+
+
+def _row(obj: Model, computed: dict[str, str | tuple[str, Any]]) -> tuple[list[str], list[str], list[Any]]:
+    """Quoted columns, value SQL and parameters for inserting ``obj`` (its auto primary key
+    left out). ``computed`` gives some columns' SQL instead, by column, as ``sql`` or
+    ``(sql with one placeholder, its parameter)``."""
+    columns, values, params = [], [], []
+    for field in obj._meta.concrete_fields:
+        if field.primary_key:
+            continue
+        columns.append(connection.ops.quote_name(field.column))
+        given = computed.get(field.column)
+        if given is None:
+            values.append("%s")
+            params.append(field.get_db_prep_save(field.pre_save(obj, True), connection))
+        elif isinstance(given, tuple):
+            values.append(given[0])
+            params.append(given[1])
+        else:
+            values.append(given)
+    return columns, values, params
+
+
+def insert_chat(
+    *,
+    conversation: Conversation,
+    messages: list[Message],
+    job: InferenceJob,
+    received: ConversationEvent,
+    queued: ConversationEvent,
+) -> None:
+    """Insert ``conversation`` with ``messages`` (the last one the queued reply, which
+    ``job`` is for) and the ``received`` and ``queued`` events; sets their primary keys.
+    ``queued``'s payload gets the job's id as ``job_id``.
+
+    Message ids follow the list's order (one multi-row insert, as ``bulk_create``):
+    the history the worker reads is everything before the reply, by id.
+    """
+    quote = connection.ops.quote_name
+    conv_id = "(SELECT id FROM conv)"
+    reply_id = "(SELECT max(id) FROM msgs)"
+    parts, params = [], []
+
+    def cte(name: str, model: type[Model], rows: list[tuple[list[str], list[str], list[Any]]]) -> None:
+        columns = rows[0][0]
+        values = ", ".join("(" + ", ".join(row[1]) + ")" for row in rows)
+        parts.append(
+            f"{name} AS (INSERT INTO {quote(model._meta.db_table)} ({', '.join(columns)}) "
+            f"VALUES {values} RETURNING id)"
+        )
+        for row in rows:
+            params.extend(row[2])
+
+    cte("conv", Conversation, [_row(conversation, {})])
+    cte("msgs", Message, [_row(message, {"conversation_id": conv_id}) for message in messages])
+    cte("job", InferenceJob, [_row(job, {"message_id": reply_id})])
+    last_given = "(SELECT id FROM msgs ORDER BY id DESC LIMIT 1 OFFSET 1)"
+    with_job_id = "jsonb_set(%s::jsonb, '{job_id}', to_jsonb((SELECT id FROM job)))"
+    payload = ConversationEvent._meta.get_field("payload").get_db_prep_save(queued.payload, connection)
+    received_row = _row(received, {"conversation_id": conv_id, "message_id": last_given})
+    queued_row = _row(
+        queued, {"conversation_id": conv_id, "message_id": reply_id, "payload": (with_job_id, payload)}
+    )
+    cte("events", ConversationEvent, [received_row, queued_row])
+    sql = (
+        "WITH "
+        + ", ".join(parts)
+        + " SELECT (SELECT id FROM conv), (SELECT array_agg(id ORDER BY id) FROM msgs),"
+        " (SELECT id FROM job), (SELECT array_agg(id ORDER BY id) FROM events)"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        conversation_pk, message_pks, job_pk, event_pks = cursor.fetchone()
+    conversation.pk = conversation_pk
+    for message, pk in zip(messages, message_pks, strict=True):
+        message.pk, message.conversation_id = pk, conversation_pk
+    job.pk, job.message_id = job_pk, messages[-1].pk
+    queued.payload = {**queued.payload, "job_id": job_pk}
+    for event, pk in zip((received, queued), event_pks, strict=True):
+        event.pk, event.conversation_id = pk, conversation_pk
+    received.message_id, queued.message_id = messages[-2].pk, messages[-1].pk
+    for obj in (conversation, *messages, job, received, queued):
+        obj._state.adding = False
