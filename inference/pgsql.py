@@ -22,6 +22,9 @@ from django.db import connection
 from conversations.models import ConversationEvent, Message
 from inference.models import InferenceJob
 
+# An assistant reply in one of these states is left out of the history a model sees.
+HISTORY_EXCLUDED_STATUSES = (Message.Status.FAILED, Message.Status.QUEUED, Message.Status.STREAMING)
+
 
 def available() -> bool:
     return connection.vendor == "postgresql"
@@ -47,6 +50,7 @@ class ClaimedRow:
     correlation_id: uuid.UUID
     conversation_id: int
     queued_at: datetime | None
+    history: list[tuple[str, str]]  # (role, content) before the reply, as ``conversation_history``
 
 
 def claim(*, job_id: int, worker: str, now: datetime, stale: datetime) -> ClaimedRow | None:
@@ -73,7 +77,11 @@ def claim(*, job_id: int, worker: str, now: datetime, stale: datetime) -> Claime
         FROM claimed JOIN reply ON reply.id = claimed.message_id
     )
     SELECT claimed.id, claimed.message_id, claimed.model, claimed.params, claimed.attempts,
-           claimed.max_attempts, claimed.correlation_id, reply.conversation_id, reply.queued_at
+           claimed.max_attempts, claimed.correlation_id, reply.conversation_id, reply.queued_at,
+           (SELECT coalesce(json_agg(json_build_array(h.role, h.content) ORDER BY h.id), '[]')
+            FROM {msg} AS h
+            WHERE h.conversation_id = reply.conversation_id AND h.id < reply.id
+              AND NOT (h.role = %(assistant)s AND h.status = ANY(%(unfinished)s)))
     FROM claimed JOIN reply ON reply.id = claimed.message_id
     """.format(**_tables())
     params = {
@@ -85,15 +93,26 @@ def claim(*, job_id: int, worker: str, now: datetime, stale: datetime) -> Claime
         "running": InferenceJob.State.RUNNING.value,
         "streaming": Message.Status.STREAMING.value,
         "kind": ConversationEvent.Kind.INFERENCE_STARTED.value,
+        "assistant": Message.Role.ASSISTANT.value,
+        "unfinished": [status.value for status in HISTORY_EXCLUDED_STATUSES],
     }
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None:
         return None
-    job_pk, message_id, model, job_params, attempts, max_attempts, correlation_id, conversation_id, queued = (
-        row
-    )
+    (
+        job_pk,
+        message_id,
+        model,
+        job_params,
+        attempts,
+        max_attempts,
+        correlation_id,
+        conversation_id,
+        queued,
+        history,
+    ) = row
     return ClaimedRow(
         job_id=job_pk,
         message_id=message_id,
@@ -105,6 +124,7 @@ def claim(*, job_id: int, worker: str, now: datetime, stale: datetime) -> Claime
         correlation_id=correlation_id if isinstance(correlation_id, uuid.UUID) else uuid.UUID(correlation_id),
         conversation_id=conversation_id,
         queued_at=queued,
+        history=[tuple(pair) for pair in (json.loads(history) if isinstance(history, str) else history)],
     )
 
 

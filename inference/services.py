@@ -110,6 +110,7 @@ def job_publish(*, job: InferenceJob) -> None:
 class Claim:
     job: InferenceJob
     attempt: int
+    history: tuple[ChatMessage, ...] | None = None  # read with the claim (PostgreSQL)
 
     @property
     def conversation_id(self) -> int:
@@ -193,7 +194,8 @@ def _claim_from_row(row: pgsql.ClaimedRow, *, worker: str, now: datetime) -> Cla
         started_at=now,
     )
     job._state.adding = message._state.adding = False  # they are stored rows
-    return Claim(job=job, attempt=row.attempts)
+    history = tuple(ChatMessage(role=role, content=content) for role, content in row.history)
+    return Claim(job=job, attempt=row.attempts, history=history)
 
 
 def _explain_unclaimed(job: InferenceJob) -> None:
@@ -220,10 +222,7 @@ def conversation_history(*, job: InferenceJob) -> tuple[ChatMessage, ...]:
     """
     rows = (
         Message.objects.filter(conversation_id=job.message.conversation_id, pk__lt=job.message_id)
-        .exclude(
-            role=Message.Role.ASSISTANT,
-            status__in=[Message.Status.FAILED, Message.Status.QUEUED, Message.Status.STREAMING],
-        )
+        .exclude(role=Message.Role.ASSISTANT, status__in=pgsql.HISTORY_EXCLUDED_STATUSES)
         .order_by("id")
         .values_list("role", "content")
     )
@@ -246,7 +245,7 @@ def job_run(*, job_id: int, worker: str) -> None:
         return
     request = GenerationRequest(
         request_id=f"job-{job.pk}-{claim.attempt}",
-        messages=conversation_history(job=job),
+        messages=claim.history if claim.history is not None else conversation_history(job=job),
         params=SamplingParams.from_dict(job.params),
     )
     streaming.push_event(

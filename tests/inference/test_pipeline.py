@@ -119,6 +119,19 @@ async def test_the_model_sees_the_conversation_history(echo_worker, api_user):
     assert second == "".join(simulated_tokens(history, 32))
 
 
+async def test_a_failed_answer_is_left_out_of_the_history(echo_worker, api_user):
+    conversation = await database_sync_to_async(ConversationFactory)(owner=api_user.user)
+    ws = await connect(conversation.pk, api_user.key)
+    await post(api_user, conversation.pk, {"content": f"break {PERMANENT_MARKER}"})
+    assert (await events_until_final(ws))[-1]["event"] == "failed"
+    await post(api_user, conversation.pk, {"content": "again"})
+    answer = (await events_until_final(ws))[-1]["content"]
+    await ws.disconnect()
+
+    history = (ChatMessage("user", f"break {PERMANENT_MARKER}"), ChatMessage("user", "again"))
+    assert answer == "".join(simulated_tokens(history, 32))
+
+
 async def test_32_concurrent_jobs_are_batched_and_every_client_gets_every_delta(echo_worker, make_api_user):
     api_user = await database_sync_to_async(make_api_user)()
     echo_worker.engine_stats(reset=True)
