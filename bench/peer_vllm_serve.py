@@ -7,8 +7,11 @@ the ``openai-chat`` backend, random dataset, 128 tokens in and 64 out, 200
 prompts, 32 concurrent, ``ignore_eos``. First ``python -m
 vllm.entrypoints.openai.api_server``, then our stack (uvicorn + a
 ``run_workers`` worker for "tiny", Redis, the database), each stopped before
-the next starts (the engines' CPU threads would compete). Prints output
-tokens/s, median and p99 TTFT and median TPOT of each, and how they compare.
+the next starts (the engines' CPU threads would compete). Both are pinned
+the same way (``--pin ENGINE:SERVERS``, default ``0:1``): vLLM's engine
+processes on the first CPU set, the servers and this client on the second.
+Prints output tokens/s, median and p99 TTFT and median TPOT of each, and how
+they compare.
 
     .venv/bin/python bench/peer_vllm_serve.py
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/llmserve_oa .venv/bin/python bench/peer_vllm_serve.py

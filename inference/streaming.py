@@ -142,6 +142,7 @@ class StreamHub:
         self._changed = asyncio.Event()
         self._reading: frozenset[str] = frozenset()  # the keys the read in progress covers
         self._wake_sent = False
+        self._wakes: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
 
     def subscribe(self, conversation_id: int, after_seq: int) -> tuple[_Follower, int]:
@@ -156,7 +157,10 @@ class StreamHub:
             self._changed.set()
             if self._reading and not self._wake_sent:
                 self._wake_sent = True
-                asyncio.get_running_loop().create_task(self._wake())
+                task = asyncio.get_running_loop().create_task(self._wake())
+                # The loop keeps only weak references to tasks.
+                self._wakes.add(task)
+                task.add_done_callback(self._wakes.discard)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="stream-hub")
         return follower, int(last_id.split("-", 1)[0])
