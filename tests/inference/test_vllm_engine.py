@@ -16,7 +16,7 @@ from django.core.management import call_command
 
 from conversations.models import Message
 from inference.models import InferenceJob
-from tests.conftest import ROOT, worker_env
+from tests.conftest import ROOT, wait_for, worker_env
 from tests.factories import ConversationFactory
 from tests.inference.test_pipeline import connect, events_until_final, post
 
@@ -89,32 +89,38 @@ async def test_cancel_stops_vllm_within_a_step_and_frees_the_slot(tiny_worker, a
     # files) on its first request: do that before the clock starts.
     client = api_user.client()
     await database_sync_to_async(lambda: client.get("/api/models/"))()
-    # Cancel once the answer has started. 480 tokens of the tiny model take
-    # about 1.3 s, and on a loaded 2-core machine the cancel request itself
-    # can take that long to get through: an answer that finished first is
-    # not a failure of cancel, so such a round is tried again (3 at most).
+    # Cancel once the worker runs the job (read from the database: the test's
+    # own WebSocket can lag on a loaded machine). 480 tokens of the tiny model
+    # take about 1.3 s, and the cancel request itself can take that long to get
+    # through: an answer that finished first is not a failure of cancel, so
+    # such a round is tried again (3 at most).
     for _ in range(3):
         posted = await post(
             api_user, conversation.pk, {"content": "go", "max_tokens": 480, "ignore_eos": True}
         )
-        seen = [await ws.receive_json_from(timeout=60)]
-        assert seen[0]["event"] == "started"
+        job_id = posted["job"]["id"]
+        await database_sync_to_async(wait_for)(
+            lambda: InferenceJob.objects.filter(pk=job_id, state__in=["running", "succeeded"]).exists(),  # noqa: B023
+            timeout=60,
+            interval=0.01,
+        )
         response = await database_sync_to_async(
-            lambda: client.post(f"/api/jobs/{posted['job']['id']}/cancel/")  # noqa: B023
+            lambda: client.post(f"/api/jobs/{job_id}/cancel/")  # noqa: B023
         )()
         asked = time.monotonic()
-        rest = await events_until_final(ws, timeout=10)
+        events = await events_until_final(ws, timeout=60)
         took = time.monotonic() - asked
-        if response.status_code == 202 and rest[-1]["event"] == "cancelled":
+        if response.status_code == 202 and events[-1]["event"] == "cancelled":
             break
         assert response.status_code in (202, 409), response.content
-        assert rest[-1]["event"] == "completed", rest[-1]
+        assert events[-1]["event"] == "completed", events[-1]
     await ws.disconnect()
 
-    assert rest[-1]["event"] == "cancelled"
+    assert events[0]["event"] == "started"
+    assert events[-1]["event"] == "cancelled"
     assert took < 2, took
-    partial = "".join(e["text"] for e in seen + rest if e["event"] == "delta")
-    assert rest[-1]["content"] == partial
+    partial = "".join(e["text"] for e in events if e["event"] == "delta")
+    assert events[-1]["content"] == partial
     message = await database_sync_to_async(Message.objects.get)(pk=posted["assistant_message"]["id"])
     assert (message.status, message.content) == ("cancelled", partial)
     assert message.completion_tokens < 480
