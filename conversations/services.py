@@ -18,7 +18,7 @@ from conversations.models import Conversation, ConversationEvent, Message
 from inference import params as inference_params
 from inference.models import InferenceJob
 from inference.registry import ModelSpec
-from inference.services import job_build, job_create, job_publish
+from inference.services import job_build, job_publish
 from llmproject.exceptions import InvalidInput
 
 TITLE_LENGTH = 60
@@ -169,10 +169,8 @@ def conversation_start(
             conversation.save(force_insert=True)
             # One statement for the given messages and the queued reply, one
             # for the job, one for both events.
-            for message in (*stored, assistant_message):
-                message.conversation = conversation
+            # (The rows' foreign keys are taken from the objects, now saved.)
             Message.objects.bulk_create([*stored, assistant_message])
-            job.message = assistant_message
             job.save(force_insert=True)
             received.conversation_id, received.message_id = conversation.pk, stored[-1].pk
             events_record([received, _queued_event(job=job, conversation=conversation, sampling=sampling)])
@@ -228,13 +226,14 @@ def _reply_queue(
     and the job's publication once the transaction commits."""
     assistant_message = _reply(conversation=conversation, spec=spec)
     assistant_message.save(force_insert=True)
-    job = job_create(
+    job = job_build(
         message=assistant_message,
         spec=spec,
         params=sampling,
         priority=priority,
         correlation_id=correlation_id,
     )
+    job.save(force_insert=True)
     _queued_event(job=job, conversation=conversation, sampling=sampling).save(force_insert=True)
     transaction.on_commit(functools.partial(job_publish, job=job))
     return assistant_message, job

@@ -45,21 +45,6 @@ class JobInterrupted(Exception):
     """The worker stopped mid-job; the job is queued again and its message must be requeued."""
 
 
-def job_create(
-    *,
-    message: Message,
-    spec: ModelSpec,
-    params: dict[str, Any],
-    priority: int,
-    correlation_id: uuid.UUID,
-) -> InferenceJob:
-    job = job_build(
-        message=message, spec=spec, params=params, priority=priority, correlation_id=correlation_id
-    )
-    job.save(force_insert=True)
-    return job
-
-
 def job_build(
     *,
     message: Message,
