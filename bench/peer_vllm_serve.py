@@ -53,15 +53,20 @@ def engine_settings() -> tuple[dict[str, Any], int]:
 
 def vllm_serve_args(options: dict[str, Any], max_model_len: int) -> list[str]:
     """``api_server`` flags for the same engine our worker builds (``VLLMEngine``)."""
+    from inference.engines.vllm_engine import ENGINE_OPTIONS
+
     args = ["--max-model-len", str(max_model_len), "--served-model-name", MODEL]
     for key, value in options.items():
+        if key in ENGINE_OPTIONS:  # our engine's own options, not vLLM's
+            continue
         flag = "--" + key.replace("_", "-")
         if value is True:
             args.append(flag)
         elif value is not False and value is not None:
             args += [flag, str(value)]
-    # Our engine runs without vLLM's periodic stats log line (VLLMEngine); the
-    # access log is a write per request our server does not make either.
+    # No statistics on either side: vllm serve's --disable-log-stats is our
+    # worker's step_stats=false (see main); the access log is a write per
+    # request our server does not make either.
     return [*args, "--disable-log-stats", "--disable-uvicorn-access-log"]
 
 
@@ -267,7 +272,9 @@ def main() -> int:
             server.stop()
     if args.only in (None, "ours"):
         print("our stack (uvicorn + run_workers tiny): starting ...", flush=True)
-        stack = Stack(options, workdir, max_model_len=max_model_len, redis_db=args.redis_db)
+        stack = Stack(
+            {**options, "step_stats": False}, workdir, max_model_len=max_model_len, redis_db=args.redis_db
+        )
         key = stack.start()
         print(pin([proc.pid for proc in stack.procs], pinning), flush=True)
         try:

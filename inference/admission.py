@@ -37,12 +37,25 @@ async def queue_backlog(*, spec: ModelSpec) -> int:
     return sum(int(n) for n in lengths)
 
 
+async def _alive_and_backlog(spec: ModelSpec) -> tuple[int, int]:
+    """Live workers and queue backlog of ``spec``: one round trip when the heartbeats and
+    the queue share a Redis (the default), else the two questions one after the other."""
+    if settings.CELERY_BROKER_URL != settings.REDIS_URL:
+        alive = await heartbeat.workers_alive(model=spec.name)
+        return alive, (await queue_backlog(spec=spec) if alive else 0)
+    async with redis_client().pipeline(transaction=False) as pipe:
+        heartbeat.queue_workers_alive(pipe, model=spec.name)
+        for key in _queue_keys(spec):
+            pipe.llen(key)
+        alive, *lengths = await pipe.execute()
+    return int(alive), sum(int(n) for n in lengths)
+
+
 async def model_admit(*, spec: ModelSpec) -> None:
     """Raise ``ServiceUnavailable`` if no worker of the model is alive (or Redis cannot
     say), ``TooManyRequests`` if its queue already holds ``LLM_MAX_QUEUED_PER_MODEL`` jobs."""
     try:
-        alive = await heartbeat.workers_alive(model=spec.name)
-        backlog = await queue_backlog(spec=spec) if alive else 0
+        alive, backlog = await _alive_and_backlog(spec)
     except (redis.exceptions.RedisError, OSError) as exc:
         raise ServiceUnavailable(
             "the job queue is unavailable right now; try again shortly", retry_after=5

@@ -17,6 +17,7 @@ import math
 import os
 import socket
 import time
+from typing import Any
 
 import redis.asyncio as aioredis
 from django.conf import settings
@@ -37,8 +38,15 @@ def worker_id() -> str:
 
 async def workers_alive(*, model: str) -> int:
     """How many workers of ``model`` have beaten within the TTL."""
-    now = time.time()
-    return int(await redis_client().zcount(_key(model), now - settings.LLM_HEARTBEAT_TTL, "+inf"))
+    async with redis_client().pipeline(transaction=False) as pipe:
+        queue_workers_alive(pipe, model=model)
+        (alive,) = await pipe.execute()
+    return int(alive)
+
+
+def queue_workers_alive(pipe: Any, *, model: str) -> None:
+    """Add ``workers_alive``'s command to a pipeline of ``REDIS_URL``'s server (its reply: the count)."""
+    pipe.zcount(_key(model), time.time() - settings.LLM_HEARTBEAT_TTL, "+inf")
 
 
 class Heartbeat:

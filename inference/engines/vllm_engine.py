@@ -14,7 +14,10 @@ Registry options (``settings.LLM_MODELS[name]["options"]``) are vLLM's own
      "tensor_parallel_size": 1, "enforce_eager": true, "seed": 0}
 
 plus this engine's own: ``chat_template`` (a Jinja string or a path to one,
-for models whose tokenizer has none), ``log_stats`` (also run vLLM's periodic
+for models whose tokenizer has none), ``step_stats`` (default true: count
+every engine step for ``engine_stats``; vLLM then computes its per-step
+statistics, a few percent of the worker's CPU with a tiny model; false is
+``vllm serve --disable-log-stats``), ``log_stats`` (also run vLLM's periodic
 log line) and ``die_with_worker`` (default true, see below). ``model``
 defaults to the registry name, so a Hugging Face id works as a name where a
 hub is reachable. Unknown options are an error: a typo must not silently fall
@@ -67,7 +70,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # Options of this engine that are not AsyncEngineArgs fields.
-ENGINE_OPTIONS = frozenset({"chat_template", "log_stats", "die_with_worker"})
+ENGINE_OPTIONS = frozenset({"chat_template", "step_stats", "log_stats", "die_with_worker"})
+# Conversations up to this many characters are rendered and tokenized on the
+# engine loop (well under a millisecond); longer ones in a thread, where the
+# work does not hold back every other stream (the hop costs more than a short render).
+INLINE_RENDER_MAX_CHARS = 4096
 DEFAULT_MAX_NUM_SEQS = 64
 # vLLM's CPU backend otherwise reserves gpu_memory_utilization (0.9) of *all*
 # RAM for the KV cache and fails if that much is not free; 1 GiB holds 64
@@ -301,6 +308,7 @@ class VLLMEngine(Engine):
         self._in_flight: dict[str, _InFlight] = {}
         self._early_aborts: OrderedDict[str, None] = OrderedDict()
         self._stats = _Stats()
+        self._step_stats = bool(self.options.get("step_stats", True))
         self._start_seconds: float | None = None
         self._closed = False
 
@@ -342,7 +350,8 @@ class VLLMEngine(Engine):
         engine_args = AsyncEngineArgs(**self._engine_kwargs(AsyncEngineArgs))
         try:
             with _children_die_with_this_thread(bool(self.options.get("die_with_worker", True))):
-                llm = AsyncLLM.from_engine_args(engine_args, stat_loggers=[_stat_logger_factory(self._stats)])
+                loggers = [_stat_logger_factory(self._stats)] if self._step_stats else None
+                llm = AsyncLLM.from_engine_args(engine_args, stat_loggers=loggers)
         except Exception as exc:
             raise EngineError(
                 f"vLLM could not load model {self._model_path!r} for {self.model!r}: "
@@ -432,9 +441,12 @@ class VLLMEngine(Engine):
             # Rendering and tokenizing a long conversation (several renders
             # when trimming) is CPU work: keep it off the loop that streams
             # every other request. vLLM's tokenizer wrapper is thread-safe.
-            fit, token_ids = await asyncio.to_thread(
-                self._fit_prompt, request.messages, request.params.max_tokens
-            )
+            if sum(len(m.content) for m in request.messages) <= INLINE_RENDER_MAX_CHARS:
+                fit, token_ids = self._fit_prompt(request.messages, request.params.max_tokens)
+            else:
+                fit, token_ids = await asyncio.to_thread(
+                    self._fit_prompt, request.messages, request.params.max_tokens
+                )
             if fit.dropped:
                 logger.info(
                     "request %s: dropped %d oldest messages to fit %d tokens",
@@ -496,7 +508,6 @@ class VLLMEngine(Engine):
             await self._llm.abort(request_id)
 
     def stats(self) -> dict[str, Any]:
-        s = self._stats
         llm = self._llm
         return {
             "engine": "vllm",
@@ -506,6 +517,12 @@ class VLLMEngine(Engine):
             "start_seconds": self._start_seconds,
             "healthy": llm is not None and not llm.errored,
             "in_flight": len(self._in_flight),
+            "step_stats": self._step_stats,
+        } | (self._step_stats_dict() if self._step_stats else {})
+
+    def _step_stats_dict(self) -> dict[str, Any]:
+        s = self._stats
+        return {
             # Per engine step, as in the simulated engine's stats.
             "steps": sum(s.batch_sizes.values()),
             "max_batch_size": max(s.batch_sizes, default=0),
@@ -560,9 +577,11 @@ class VLLMEngine(Engine):
         kwargs = {k: v for k, v in self.options.items() if k not in ENGINE_OPTIONS}
         kwargs["model"] = self._model_path
         kwargs["max_num_seqs"] = self._max_num_seqs
-        # Our stat logger is always installed; vLLM's own periodic log line
-        # only when asked for.
-        kwargs.setdefault("disable_log_stats", not self.options.get("log_stats", False))
+        # Our stat logger is installed unless step_stats is off; vLLM's own
+        # periodic log line only when asked for.
+        kwargs.setdefault(
+            "disable_log_stats", not (self.options.get("log_stats", False) and self._step_stats)
+        )
         if (
             "kv_cache_memory_bytes" not in kwargs
             and "gpu_memory_utilization" not in kwargs
@@ -601,7 +620,7 @@ class VLLMEngine(Engine):
         return list(self._tokenizer.encode(text, add_special_tokens=False))
 
     def _fit_prompt(self, messages: Sequence[ChatMessage], max_tokens: int) -> tuple[ContextFit, list[int]]:
-        """Runs in a worker thread: fit the window, return the kept messages' token ids."""
+        """Fit the window, return the kept messages' token ids (on the loop or in a thread)."""
         rendered: dict[tuple[ChatMessage, ...], list[int]] = {}
 
         def count(msgs: Sequence[ChatMessage]) -> int:
