@@ -3,96 +3,121 @@
 Unknown fields are ignored, as OpenAI does; known ones with bad values are
 refused. Model-dependent checks (the context window, ``max_tokens`` against
 it) are the services' (``inference.params``), shared with the REST API.
+
+The body is validated with pydantic, as vLLM's and OpenAI's own servers do:
+this is the hottest path of the API, and a DRF serializer (which deep-copies
+its fields for every request) cost about 2 ms of the web server's CPU per
+request under load, a sixth of all it spends on one.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import pydantic
 from django.conf import settings
-from rest_framework import serializers
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from conversations.apis import StopField
+from llmproject.exceptions import InvalidInput
 
-
-class ContentField(serializers.Field):
-    """A message's ``content``: a string, or a list of text parts (``{"type": "text", "text": ...}``)."""
-
-    default_error_messages = {
-        "invalid": "must be a string or a list of text parts",
-        "not_text": "only text content parts are supported (got type {kind!r})",
-    }
-
-    def to_internal_value(self, data: object) -> str:
-        if isinstance(data, str):
-            return data
-        if isinstance(data, list):
-            texts = []
-            for part in data:
-                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                    self.fail("invalid")
-                if part["type"] != "text":
-                    self.fail("not_text", kind=part["type"])
-                if not isinstance(part.get("text"), str):
-                    self.fail("invalid")
-                texts.append(part["text"])
-            return "".join(texts)
-        self.fail("invalid")
-
-    def to_representation(self, value: str) -> str:
-        return value
+# Unknown keys are ignored; values are coerced as DRF did ("5" -> 5, "true" -> True),
+# and refused when they cannot be read as the type.
+_LAX = ConfigDict(extra="ignore")
 
 
-class MessageSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class ChatMessageIn(BaseModel):
+    model_config = _LAX
     # "developer" is OpenAI's newer name for the system role.
-    role = serializers.ChoiceField(choices=["system", "developer", "user", "assistant"])
-    content = ContentField(allow_null=True, required=False)
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[dict[str, Any]] | None = None
 
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        if attrs.get("content") is None:
-            if attrs["role"] != "assistant":
-                raise serializers.ValidationError({"content": "This field is required."})
-            attrs["content"] = ""
-        if len(attrs["content"]) > settings.LLM_MAX_MESSAGE_CHARS:
-            raise serializers.ValidationError(
-                {"content": f"a message may hold at most {settings.LLM_MAX_MESSAGE_CHARS} characters"}
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content(cls, value: object) -> object:
+        if value is None or isinstance(value, str):
+            return value
+        if not isinstance(value, list):
+            raise ValueError("must be a string or a list of text parts")
+        texts = []
+        for part in value:
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise ValueError("must be a string or a list of text parts")
+            if part["type"] != "text":
+                raise ValueError(f"only text content parts are supported (got type {part['type']!r})")
+            if not isinstance(part.get("text"), str):
+                raise ValueError("must be a string or a list of text parts")
+            texts.append(part["text"])
+        return "".join(texts)
+
+    @model_validator(mode="after")
+    def _required_content(self) -> ChatMessageIn:
+        if self.content is None:
+            if self.role != "assistant":
+                raise _FieldError("content", "Field required")
+            self.content = ""
+        if len(self.content) > settings.LLM_MAX_MESSAGE_CHARS:
+            raise _FieldError(
+                "content", f"a message may hold at most {settings.LLM_MAX_MESSAGE_CHARS} characters"
             )
-        if attrs["role"] == "developer":
-            attrs["role"] = "system"
-        return attrs
+        if self.role == "developer":
+            self.role = "system"
+        return self
 
 
-class StreamOptionsSerializer(serializers.Serializer):  # type: ignore[type-arg]
-    include_usage = serializers.BooleanField(required=False, default=False)
+class StreamOptions(BaseModel):
+    model_config = _LAX
+    include_usage: bool = False
 
 
-class ChatCompletionRequestSerializer(serializers.Serializer):  # type: ignore[type-arg]
-    model = serializers.CharField(max_length=100)
-    messages = MessageSerializer(many=True, allow_empty=False)
-    max_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
-    max_completion_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
-    temperature = serializers.FloatField(required=False, allow_null=True, min_value=0.0, max_value=2.0)
-    top_p = serializers.FloatField(required=False, allow_null=True, min_value=0.0, max_value=1.0)
-    stop = StopField(required=False, allow_null=True)
-    seed = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=2**63 - 1)
-    n = serializers.IntegerField(required=False, allow_null=True, default=1)
-    stream = serializers.BooleanField(required=False, allow_null=True, default=False)
-    stream_options = StreamOptionsSerializer(required=False, allow_null=True)
+class ChatCompletionBody(BaseModel):
+    model_config = _LAX
+    model: Annotated[str, Field(max_length=100)]
+    messages: Annotated[list[ChatMessageIn], Field(min_length=1)]
+    max_tokens: Annotated[int | None, Field(ge=1)] = None
+    max_completion_tokens: Annotated[int | None, Field(ge=1)] = None
+    temperature: Annotated[float | None, Field(ge=0.0, le=2.0)] = None
+    top_p: Annotated[float | None, Field(ge=0.0, le=1.0)] = None
+    stop: str | list[str] | None = None
+    seed: Annotated[int | None, Field(ge=0, le=2**63 - 1)] = None
+    n: int | None = 1
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
     # vLLM's extension: keep generating past the end-of-sequence token.
-    ignore_eos = serializers.BooleanField(required=False, default=False)
+    ignore_eos: bool = False
     # Ours: a client that disconnects does not abort the generation; its answer is stored.
-    continue_on_disconnect = serializers.BooleanField(required=False, default=False)
+    continue_on_disconnect: bool = False
 
-    def validate_n(self, value: int | None) -> int:
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop(cls, value: object) -> object:
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, list) and all(isinstance(s, str) for s in value):
+            return value
+        raise ValueError("must be a string or a list of strings")
+
+    @field_validator("n")
+    @classmethod
+    def _n(cls, value: int | None) -> int:
         if value not in (None, 1):
-            raise serializers.ValidationError("only n=1 is supported")
+            raise ValueError("only n=1 is supported")
         return 1
 
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        if attrs.get("stream_options") and not attrs.get("stream"):
-            raise serializers.ValidationError({"stream_options": "only allowed when stream is true"})
-        return attrs
+    @model_validator(mode="after")
+    def _stream_options(self) -> ChatCompletionBody:
+        if self.stream_options is not None and not self.stream:
+            raise _FieldError("stream_options", "only allowed when stream is true")
+        return self
+
+
+class _FieldError(ValueError):
+    """A model-level check's error that belongs to one field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,21 +130,60 @@ class ChatRequest:
     continue_on_disconnect: bool
 
     @classmethod
-    def from_validated(cls, data: dict[str, Any]) -> ChatRequest:
-        max_tokens = data.get("max_completion_tokens") or data.get("max_tokens")
+    def from_body(cls, body: ChatCompletionBody) -> ChatRequest:
         params = {
-            "max_tokens": max_tokens,
-            "temperature": data.get("temperature"),
-            "top_p": data.get("top_p"),
-            "stop": data.get("stop") or [],
-            "seed": data.get("seed"),
-            "ignore_eos": data["ignore_eos"],
+            "max_tokens": body.max_completion_tokens or body.max_tokens,
+            "temperature": body.temperature,
+            "top_p": body.top_p,
+            "stop": [body.stop] if isinstance(body.stop, str) else body.stop or [],
+            "seed": body.seed,
+            "ignore_eos": body.ignore_eos,
         }
         return cls(
-            model=data["model"],
-            messages=[(m["role"], m["content"]) for m in data["messages"]],
+            model=body.model,
+            messages=[(m.role, m.content or "") for m in body.messages],
             params=params,
-            stream=bool(data.get("stream")),
-            include_usage=bool((data.get("stream_options") or {}).get("include_usage")),
-            continue_on_disconnect=data["continue_on_disconnect"],
+            stream=bool(body.stream),
+            include_usage=bool(body.stream_options and body.stream_options.include_usage),
+            continue_on_disconnect=body.continue_on_disconnect,
         )
+
+
+def parse_chat_request(raw: bytes) -> ChatRequest:
+    """The request body, validated; ``InvalidInput`` naming the first bad parameter
+    (``messages.0.role``) otherwise."""
+    try:
+        data = json.loads(raw or b"null")
+    except ValueError as exc:
+        raise InvalidInput(f"the body is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(data, dict):
+        raise InvalidInput("the body must be a JSON object", code="invalid_json")
+    try:
+        body = ChatCompletionBody.model_validate(data)
+    except pydantic.ValidationError as exc:
+        field, message = _first_error(exc)
+        raise InvalidInput(
+            f"{field}: {message}" if field else message, field=field or None, code="invalid_value"
+        ) from None
+    return ChatRequest.from_body(body)
+
+
+def _first_error(exc: pydantic.ValidationError) -> tuple[str, str]:
+    error = exc.errors(include_url=False)[0]
+    # Union members add their type to the location ("stop.str"); the client sent no such key.
+    loc = [str(part) for part in error["loc"] if not _is_type_tag(part)]
+    message = error["msg"]
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, _FieldError):
+        loc.append(cause.field)
+        message = str(cause)
+    elif isinstance(cause, ValueError):
+        message = str(cause)
+    return ".".join(loc), message
+
+
+def _is_type_tag(part: object) -> bool:
+    return isinstance(part, str) and (part in _TYPE_TAGS or part.startswith(("list[", "function-")))
+
+
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "none", "dict[str,any]", "constrained-int"})

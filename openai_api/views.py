@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -39,8 +38,7 @@ from inference import registry, streaming
 from inference.admission import model_admit
 from inference.params import resolve_model
 from inference.services import job_abandon
-from llmproject.exception_handler import first_error
-from llmproject.exceptions import ApplicationError, InvalidInput, NotAuthenticated
+from llmproject.exceptions import ApplicationError, NotAuthenticated
 from openai_api.errors import application_error_response, error_body, error_response
 from openai_api.responses import (
     FINISH_REASONS,
@@ -50,7 +48,7 @@ from openai_api.responses import (
     sse,
     usage,
 )
-from openai_api.serializers import ChatCompletionRequestSerializer, ChatRequest
+from openai_api.serializers import parse_chat_request
 from openai_api.throttling import throttle_check
 
 logger = logging.getLogger(__name__)
@@ -82,22 +80,6 @@ async def authenticate(request: HttpRequest) -> AbstractBaseUser:
     if user is None:
         raise NotAuthenticated("invalid or revoked API key")
     return user
-
-
-def parse_chat_request(body: bytes) -> ChatRequest:
-    try:
-        data = json.loads(body or b"null")
-    except ValueError as exc:
-        raise InvalidInput(f"the body is not valid JSON: {exc}", code="invalid_json") from exc
-    if not isinstance(data, dict):
-        raise InvalidInput("the body must be a JSON object", code="invalid_json")
-    serializer = ChatCompletionRequestSerializer(data=data)
-    if not serializer.is_valid():
-        field, message = first_error(serializer.errors)
-        raise InvalidInput(
-            f"{field}: {message}" if field else message, field=field or None, code="invalid_value"
-        )
-    return ChatRequest.from_validated(serializer.validated_data)
 
 
 @csrf_exempt
