@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from inference import streaming
 from inference.engines.base import Engine, GenerationRequest
+from inference.events import StreamEvent
 from inference.generation import GenerationResult, generate_and_stream
 from inference.heartbeat import Heartbeat
 from inference.registry import ModelSpec
@@ -94,14 +95,19 @@ class EngineHost:
         conversation_id: int,
         message_id: int,
         time_limit: float,
+        started: StreamEvent | None = None,
     ) -> tuple[GenerationResult, StopReason | None]:
         """Run one job's generation, abortable by ``cancel_job`` and ``abort_all``.
 
+        ``started``, if given, is stored and sent first (from here, the engine
+        loop: no trip through the calling thread before the engine starts).
         Returns the result and, if it was aborted, why ("cancel" or "shutdown").
         """
         assert self.engine is not None and self.publisher is not None
         self._inflight[job_id] = request.request_id
         try:
+            if started is not None:
+                await self.publisher.publish(conversation_id, started)
             if self._early_cancels.pop(job_id, None) is not None:
                 # Cancelled between the claim and now: never start it.
                 self._stop_reasons[request.request_id] = "cancel"

@@ -233,10 +233,6 @@ def job_run(*, job_id: int, worker: str) -> None:
         messages=claim.history if claim.history is not None else conversation_history(job=job),
         params=SamplingParams.from_dict(job.params),
     )
-    streaming.push_event(
-        claim.conversation_id,
-        {"event": "started", "message_id": job.message_id, "job_id": job.pk, "attempt": claim.attempt},
-    )
     # Hand the database connection back (to the pool, if any) for the length of
     # the answer: dozens of answers stream at once on one worker, and none of
     # them needs the database until it is stored.
@@ -249,6 +245,12 @@ def job_run(*, job_id: int, worker: str) -> None:
                 conversation_id=claim.conversation_id,
                 message_id=job.message_id,
                 time_limit=settings.LLM_JOB_TIME_LIMIT,
+                started={
+                    "event": "started",
+                    "message_id": job.message_id,
+                    "job_id": job.pk,
+                    "attempt": claim.attempt,
+                },
             )
         )
     except EngineError as exc:
