@@ -25,13 +25,17 @@ HTML) needs none of them, so its requests go to a handler without middleware.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from asgiref.sync import ThreadSensitiveContext
-from django.core.handlers.asgi import ASGIHandler
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
+from django.urls import set_script_prefix
 
 # Idle executors kept for reuse; more are made under a burst and dropped after.
 POOL_SIZE = 48
@@ -77,7 +81,66 @@ class PooledThreadsASGIHandler(ASGIHandler):
 
 class BareASGIHandler(PooledThreadsASGIHandler):
     """A handler with no middleware at all (what ``load_middleware`` builds for an empty
-    ``MIDDLEWARE``): URL resolution, the view, exception-to-response conversion."""
+    ``MIDDLEWARE``): URL resolution, the view, exception-to-response conversion.
+
+    Nor does it send ``request_started``: Django sends it with ``asend``, and its
+    receivers (resetting the query log, closing the request thread's stale
+    database connections) are synchronous, so it is a thread hop before every
+    view. Every request of this handler ends with ``response.close()`` on the
+    request's thread, which sends ``request_finished`` and closes the
+    connections it used; a request never finds one left open. ``handle`` is
+    otherwise Django 5.2's, line for line.
+    """
+
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            body_file.close()
+            await self.send_response(error_response, send)
+            await sync_to_async(error_response.close)()
+            return
+
+        async def process_request(request: Any, send: Any) -> Any:
+            response = await self.run_get_response(request)
+            try:
+                await self.send_response(response, send)
+            except asyncio.CancelledError:
+                pass  # the client disconnected during send_response
+            return response
+
+        # Whichever ends first: the response, or the client's disconnect.
+        tasks = [
+            asyncio.create_task(self.listen_for_disconnect(receive)),
+            asyncio.create_task(process_request(request, send)),
+        ]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done():
+                try:
+                    task.result()
+                except RequestAborted:
+                    pass
+                except AssertionError:
+                    body_file.close()
+                    raise
+            else:
+                task.cancel()  # views handle their cancellation
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        try:
+            response = tasks[1].result()
+        except asyncio.CancelledError:
+            await signals.request_finished.asend(sender=self.__class__)
+        else:
+            await sync_to_async(response.close)()
+        body_file.close()
 
     def load_middleware(self, is_async: bool = False) -> None:
         self._view_middleware = []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 # The platform's finish reasons are vLLM's; "abort" is a job cancelled (by its
@@ -11,13 +11,27 @@ from typing import Any
 FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "abort"}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Completion:
     """Identity of one response: every chunk repeats it."""
 
     id: str
     created: int
     model: str
+    # The SSE text of a content chunk up to its delta's members: a stream is
+    # mostly content chunks, and encoding only their text is a fraction of
+    # encoding each whole chunk.
+    _content_prefix: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        head = json.dumps(self.chunk(delta={}), separators=(",", ":"))
+        object.__setattr__(self, "_content_prefix", "data: " + head[: head.index('"delta":{') + 9])
+
+    def content_chunk(self, text: str, *, role: bool = False) -> bytes:
+        """``sse(self.chunk(delta={"content": text}))``, with ``"role": "assistant"`` first
+        if ``role``, byte for byte."""
+        members = ('"role":"assistant",' if role else "") + '"content":' + json.dumps(text)
+        return f'{self._content_prefix}{members}}},"logprobs":null,"finish_reason":null}}]}}\n\n'.encode()
 
     def chunk(
         self,

@@ -272,12 +272,9 @@ class _StreamState:
             message = "the answer was interrupted by a worker failure and restarted; retry the request"
             return [sse(error_body(message, status=500, code="generation_restarted")), SSE_DONE]
         if kind == "delta" and event["text"]:
-            delta = {"content": event["text"]}
-            if not self.sent_role:
-                delta = {"role": "assistant", **delta}
-                self.sent_role = True
-            self.sent_text = True
-            return [sse(chunk(delta=delta))]
+            out = self.completion.content_chunk(event["text"], role=not self.sent_role)
+            self.sent_role = self.sent_text = True
+            return [out]
         if kind in ("completed", "cancelled"):
             self.finished = True
             out = []

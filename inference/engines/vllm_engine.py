@@ -461,6 +461,7 @@ class VLLMEngine(Engine):
             from vllm.inputs import tokens_input
 
             stream = llm.generate(tokens_input(token_ids), self._sampling_params(request.params), request_id)
+            finished = False
             async for output in stream:
                 if not state.submitted:
                     state.submitted = True
@@ -472,9 +473,12 @@ class VLLMEngine(Engine):
                 if not count and not completion.text and reason is None:
                     continue
                 yield GenerationDelta(completion.text, count, prompt_tokens, reason)
-                if reason is not None:
-                    return
-            raise EngineError("vLLM ended a stream without a finish reason", permanent=False)
+                # After the last output vLLM's generator ends by itself: left
+                # open at its final yield, closing it would send the finished
+                # request an abort (a message to EngineCore per request).
+                finished = reason is not None
+            if not finished:
+                raise EngineError("vLLM ended a stream without a finish reason", permanent=False)
         except EngineError:
             raise
         except Exception as exc:
