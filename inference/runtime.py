@@ -41,10 +41,20 @@ def load_engine(spec: ModelSpec) -> Engine:
     return engine_cls(model=spec.name, options=spec.engine_options)  # type: ignore[no-any-return]
 
 
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class EngineHost:
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
-        self.loop = asyncio.new_event_loop()
+        # uvloop where installed (uvicorn[standard] brings it), as `vllm serve` runs
+        # AsyncLLM: every token of every answer passes through this loop's callbacks.
+        self.loop = _new_event_loop()
         self._thread = threading.Thread(target=self._serve, name=f"engine-{spec.name}", daemon=True)
         self.engine: Engine | None = None
         self.publisher: EventPublisher | None = None
