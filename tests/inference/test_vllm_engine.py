@@ -178,3 +178,38 @@ def test_a_vllm_worker_whose_model_cannot_load_exits_with_the_reason(tmp_path):
     assert result.returncode != 0
     assert "engine for model 'tiny' could not start" in result.stderr
     assert "is not a model folder" in result.stderr
+
+
+@pytest.mark.parametrize("step_stats", [None, True, False])
+def test_the_engines_own_options_do_not_reach_vllm(step_stats):
+    """``step_stats`` (like ``log_stats``) is ours: vLLM's arguments never carry it, and
+    vLLM's periodic log line stays off unless ``log_stats`` asks for it."""
+    from vllm import AsyncEngineArgs
+
+    from inference.engines.vllm_engine import VLLMEngine
+
+    call_command("create_tiny_model", path=settings.LLM_MODELS["tiny"]["options"]["model"])
+    options = dict(settings.LLM_MODELS["tiny"]["options"])
+    if step_stats is not None:
+        options["step_stats"] = step_stats
+    engine = VLLMEngine(model="tiny", options=options)
+
+    kwargs = engine._engine_kwargs(AsyncEngineArgs)
+
+    assert "step_stats" not in kwargs
+    assert kwargs["disable_log_stats"] is True
+    assert engine.stats()["step_stats"] is (step_stats is not False)
+    assert ("batch_sizes" in engine.stats()) is (step_stats is not False)
+    AsyncEngineArgs(**kwargs)  # vLLM takes them as they are
+
+
+def test_log_stats_turns_on_vllms_log_line_only_with_step_stats():
+    from vllm import AsyncEngineArgs
+
+    from inference.engines.vllm_engine import VLLMEngine
+
+    call_command("create_tiny_model", path=settings.LLM_MODELS["tiny"]["options"]["model"])
+    base = dict(settings.LLM_MODELS["tiny"]["options"], log_stats=True)
+    on = VLLMEngine(model="tiny", options=base)._engine_kwargs(AsyncEngineArgs)
+    off = VLLMEngine(model="tiny", options={**base, "step_stats": False})._engine_kwargs(AsyncEngineArgs)
+    assert (on["disable_log_stats"], off["disable_log_stats"]) == (False, True)
