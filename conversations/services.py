@@ -139,11 +139,10 @@ def conversation_start(
         Message(conversation=conversation, role=role, content=_storable(content), model=spec.name)
         for role, content in messages
     ]
-    assistant_message = _reply(conversation=conversation, spec=spec)
-    job = job_build(
-        message=assistant_message,
+    assistant_message, job = _reply_and_job(
+        conversation=conversation,
         spec=spec,
-        params=sampling,
+        sampling=sampling,
         priority=priority,
         correlation_id=correlation_id,
     )
@@ -191,15 +190,26 @@ def _title(content: str) -> str:
     return lines[0][:TITLE_LENGTH] if lines else ""
 
 
-def _reply(*, conversation: Conversation, spec: ModelSpec) -> Message:
-    """The queued assistant reply (not yet stored)."""
-    return Message(
+def _reply_and_job(
+    *,
+    conversation: Conversation,
+    spec: ModelSpec,
+    sampling: dict[str, Any],
+    priority: int,
+    correlation_id: uuid.UUID,
+) -> tuple[Message, InferenceJob]:
+    """The queued assistant reply and its job (neither stored yet)."""
+    reply = Message(
         conversation=conversation,
         role=Message.Role.ASSISTANT,
         status=Message.Status.QUEUED,
         model=spec.name,
         queued_at=timezone.now(),
     )
+    job = job_build(
+        message=reply, spec=spec, params=sampling, priority=priority, correlation_id=correlation_id
+    )
+    return reply, job
 
 
 def _queued_event(
@@ -224,15 +234,14 @@ def _reply_queue(
 ) -> tuple[Message, InferenceJob]:
     """Within the caller's transaction: the queued assistant reply, its job and event,
     and the job's publication once the transaction commits."""
-    assistant_message = _reply(conversation=conversation, spec=spec)
-    assistant_message.save(force_insert=True)
-    job = job_build(
-        message=assistant_message,
+    assistant_message, job = _reply_and_job(
+        conversation=conversation,
         spec=spec,
-        params=sampling,
+        sampling=sampling,
         priority=priority,
         correlation_id=correlation_id,
     )
+    assistant_message.save(force_insert=True)
     job.save(force_insert=True)
     _queued_event(job=job, conversation=conversation, sampling=sampling).save(force_insert=True)
     transaction.on_commit(functools.partial(job_publish, job=job))

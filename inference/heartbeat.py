@@ -38,15 +38,16 @@ def worker_id() -> str:
 
 async def workers_alive(*, model: str) -> int:
     """How many workers of ``model`` have beaten within the TTL."""
-    async with redis_client().pipeline(transaction=False) as pipe:
-        queue_workers_alive(pipe, model=model)
-        (alive,) = await pipe.execute()
-    return int(alive)
+    return int(await redis_client().zcount(*_alive_range(model)))
 
 
 def queue_workers_alive(pipe: Any, *, model: str) -> None:
     """Add ``workers_alive``'s command to a pipeline of ``REDIS_URL``'s server (its reply: the count)."""
-    pipe.zcount(_key(model), time.time() - settings.LLM_HEARTBEAT_TTL, "+inf")
+    pipe.zcount(*_alive_range(model))
+
+
+def _alive_range(model: str) -> tuple[str, float, str]:
+    return _key(model), time.time() - settings.LLM_HEARTBEAT_TTL, "+inf"
 
 
 class Heartbeat:

@@ -31,7 +31,7 @@ class ChatMessageIn(BaseModel):
     model_config = _LAX
     # "developer" is OpenAI's newer name for the system role.
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | None = None  # text parts are joined before validation
 
     @field_validator("content", mode="before")
     @classmethod
@@ -170,8 +170,7 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
 
 def _first_error(exc: pydantic.ValidationError) -> tuple[str, str]:
     error = exc.errors(include_url=False)[0]
-    # Union members add their type to the location ("stop.str"); the client sent no such key.
-    loc = [str(part) for part in error["loc"] if not _is_type_tag(part)]
+    loc = [str(part) for part in error["loc"]]
     message = error["msg"]
     cause = (error.get("ctx") or {}).get("error")
     if isinstance(cause, _FieldError):
@@ -180,10 +179,3 @@ def _first_error(exc: pydantic.ValidationError) -> tuple[str, str]:
     elif isinstance(cause, ValueError):
         message = str(cause)
     return ".".join(loc), message
-
-
-def _is_type_tag(part: object) -> bool:
-    return isinstance(part, str) and (part in _TYPE_TAGS or part.startswith(("list[", "function-")))
-
-
-_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "none", "dict[str,any]", "constrained-int"})
