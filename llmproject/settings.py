@@ -223,7 +223,10 @@ CELERY_ACCEPT_CONTENT = ["json"]
 # Flower needs task events. It shows a job from the moment a worker receives
 # it; the extra "task-sent" event would cost the API a second Redis publish
 # per job (about a third of the publish), so it is off unless asked for.
-CELERY_WORKER_SEND_TASK_EVENTS = True
+# Workers send the others from their start (``--task-events``) unless this is
+# false; Flower turns them on in every worker it sees anyway (its
+# ``enable_events`` broadcast), so false means "only while Flower watches".
+CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", default=False)
 CELERY_TASK_SEND_SENT_EVENT = env.bool("CELERY_TASK_SEND_SENT_EVENT", default=False)
 CELERY_TASK_TRACK_STARTED = True
 # Publishing when the broker is down fails fast so the API can answer 503.

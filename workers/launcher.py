@@ -18,6 +18,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from django.conf import settings
+
 from inference.registry import ModelSpec, models
 from inference.worker import WORKER_MODEL_ENV
 
@@ -52,7 +54,7 @@ class WorkerSpec:
             "--prefetch-multiplier=1",
             "--without-mingle",
             "--without-gossip",
-            "--task-events",
+            *(["--task-events"] if settings.CELERY_WORKER_SEND_TASK_EVENTS else []),
             f"--loglevel={loglevel}",
         ]
 
