@@ -4,7 +4,7 @@ Both servers run the same tiny checkpoint with the same engine settings (the
 registry entry of model "tiny", the one place they come from), one after the
 other in one run, under the same load: vLLM's ``vllm.benchmarks.serve`` with
 the ``openai-chat`` backend, random dataset, 128 tokens in and 64 out, 200
-prompts, 32 concurrent, ``ignore_eos``. First ``python -m
+prompts, 32 concurrent, ``ignore_eos``, after 64 warm-up requests. First ``python -m
 vllm.entrypoints.openai.api_server``, then our stack (uvicorn + a
 ``run_workers`` worker for "tiny", Redis, the database), each stopped before
 the next starts (the engines' CPU threads would compete). Both are pinned
@@ -231,7 +231,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=64)
-    parser.add_argument("--warmups", type=int, default=8)
+    # Two waves of 32 concurrent warm-up requests, on both sides: the load measured is a
+    # warm server's (thread pools and database connections grown to the load), not its start.
+    parser.add_argument("--warmups", type=int, default=64)
     parser.add_argument("--redis-db", type=int, default=12)
     parser.add_argument("--result-dir", type=Path, default=ROOT / "var" / "bench")
     parser.add_argument("--only", choices=["vllm", "ours"], help="run one side only")
