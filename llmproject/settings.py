@@ -124,6 +124,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
 # One Redis serves as Celery broker, channel layer and stream log.
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 
+# Django's cache, shared by every web process: DRF's throttles count each
+# client's requests here, so a rate limit holds across processes and hosts.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": env.str("CACHE_URL", default=REDIS_URL),
+        "KEY_PREFIX": "cache",
+    }
+}
+
 # --- API --------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -136,6 +146,9 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "llmproject.exception_handler.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
+    # Rates of the throttles named in OPENAI_API_THROTTLE_CLASSES, by scope:
+    # API_THROTTLE_RATES=user=60/min,anon=10/min
+    "DEFAULT_THROTTLE_RATES": env.dict("API_THROTTLE_RATES", default={}),
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "LLM serving platform API",
