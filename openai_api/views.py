@@ -116,8 +116,12 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     if settings.OPENAI_API_THROTTLE_CLASSES:
         await sync_to_async(throttle_check)(request=request, user=user)
     await model_admit(spec=spec)
-    started = await sync_to_async(_store)(
-        owner=user, model=spec.name, messages=chat.messages, params=chat.params
+    started = await _store_unless_left(
+        continue_on_disconnect=chat.continue_on_disconnect,
+        owner=user,
+        model=spec.name,
+        messages=chat.messages,
+        params=chat.params,
     )
     completion = Completion(id=f"chatcmpl-{started.job.pk}", created=int(time.time()), model=spec.name)
     answer = Answer(
@@ -135,6 +139,36 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         response["X-Accel-Buffering"] = "no"  # no proxy buffering of the stream
         return response
     return await complete(answer, completion)
+
+
+# Cancels of jobs whose client left while they were being stored (referenced until done).
+_late_abandons: set[asyncio.Task[None]] = set()
+
+
+async def _store_unless_left(*, continue_on_disconnect: bool, **kwargs: Any) -> StartedConversation:
+    """Store the request and publish its job (in a thread).
+
+    A client that disconnects meanwhile cancels this coroutine, not the thread:
+    the job is still stored and published. It is then cancelled as soon as it
+    exists, as a disconnect mid-stream would, unless ``continue_on_disconnect``.
+    """
+    store = asyncio.ensure_future(sync_to_async(_store)(**kwargs))
+    try:
+        return await asyncio.shield(store)
+    except asyncio.CancelledError:
+        if not continue_on_disconnect:
+            store.add_done_callback(_abandon_once_stored)
+        raise
+
+
+def _abandon_once_stored(store: asyncio.Future[StartedConversation]) -> None:
+    if store.cancelled() or store.exception() is not None:
+        return  # nothing was queued (the error was the client's to see)
+    job_id = store.result().job.pk
+    logger.info("job %s: its client left while the request was stored; cancelling it", job_id)
+    task = asyncio.ensure_future(sync_to_async(job_abandon)(job_id=job_id))
+    _late_abandons.add(task)
+    task.add_done_callback(_late_abandons.discard)
 
 
 def _store(**kwargs: Any) -> StartedConversation:

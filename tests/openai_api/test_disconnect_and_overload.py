@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
 from django.conf import settings
+from django.db import connection, transaction
 
 from inference.engines.base import ChatMessage
 from inference.engines.simulated import simulated_tokens
 from inference.models import InferenceJob
+from inference.services import job_abandon
 from tests.conftest import WorkerProcess, wait_for
 from tests.openai_api.conftest import start_server
 
@@ -109,6 +113,54 @@ def test_a_disconnect_while_waiting_for_a_whole_answer_cancels_it_too(openai_ser
             timeout=httpx.Timeout(30, read=1.0),
         )
     wait_for(lambda: InferenceJob.objects.filter(state="cancelled").exists(), timeout=10)
+
+
+@contextlib.contextmanager
+def database_writes_blocked() -> Iterator[None]:
+    """Hold a write lock on the table a request is stored in, until the block ends."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("LOCK TABLE conversations_conversation IN EXCLUSIVE MODE")
+        else:  # SQLite: any write takes the database's one write lock
+            cursor.execute("UPDATE conversations_conversation SET title = title WHERE id = -1")
+        yield
+
+
+@pytest.mark.parametrize("continue_on_disconnect", [False, True])
+def test_a_client_gone_while_its_request_is_stored_has_its_job_cancelled(
+    openai_server, api_user, continue_on_disconnect
+):
+    body = {
+        "model": "echo",
+        "messages": [{"role": "user", "content": "gone before the answer starts"}],
+        "max_tokens": 3000,  # about 30 s on the echo worker: long enough to see it run
+        "ignore_eos": True,
+        "stream": True,
+        "continue_on_disconnect": continue_on_disconnect,
+    }
+    headers = {"Authorization": f"Bearer {api_user.key}"}
+    # The server remembers the key from here on: the request below waits only in its store.
+    assert httpx.get(f"{openai_server.base_url}/models", headers=headers).status_code == 200
+    with database_writes_blocked():
+        with pytest.raises(httpx.ReadTimeout):  # waiting for the response to start
+            httpx.post(
+                f"{openai_server.base_url}/chat/completions",
+                headers=headers,
+                json=body,
+                timeout=httpx.Timeout(30, read=1.0),
+            )
+        assert not InferenceJob.objects.exists()  # still being stored, behind the lock
+    # The store goes through once the lock is gone, and the job is published.
+    job = wait_for(lambda: InferenceJob.objects.select_related("message").first(), timeout=10)
+    if continue_on_disconnect:
+        wait_for(lambda: InferenceJob.objects.get(pk=job.pk).state == "running", timeout=10)
+        time.sleep(1)
+        assert InferenceJob.objects.get(pk=job.pk).state == "running"
+        job_abandon(job_id=job.pk)  # not to keep the session's worker busy
+    else:
+        wait_for(lambda: InferenceJob.objects.get(pk=job.pk).state == "cancelled", timeout=10)
+        job.message.refresh_from_db()
+        assert job.message.status == "cancelled"
 
 
 @pytest.fixture
