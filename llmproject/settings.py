@@ -112,13 +112,18 @@ elif env.bool("DB_POOL", default=True):
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # Parameters sent apart from the statement, not quoted into it client-side:
-    # psycopg then prepares the statements a connection runs often, so PostgreSQL
-    # parses and plans the hot ones once, and no request pays for the quoting.
+    # Parameters sent apart from the statement, not quoted into it client-side,
+    # and prepared statements: a statement run DB_PREPARE_THRESHOLD times (5) on a
+    # connection is prepared there, and PostgreSQL stops parsing and planning it
+    # on every request (it did so for each of a request's three statements: a
+    # third of its time in them). Django turns preparing off unless asked, for
+    # poolers in transaction mode (PgBouncer before 1.21): "none" does that.
     # https://docs.djangoproject.com/en/5.2/ref/databases/#server-side-parameters-binding
-    DATABASES["default"].setdefault("OPTIONS", {})["server_side_binding"] = env.bool(
-        "DB_SERVER_SIDE_BINDING", default=True
-    )
+    _options = DATABASES["default"].setdefault("OPTIONS", {})
+    _options["server_side_binding"] = env.bool("DB_SERVER_SIDE_BINDING", default=True)
+    _threshold = env.str("DB_PREPARE_THRESHOLD", default="5").strip().lower()
+    if _options["server_side_binding"] and _threshold not in ("", "none", "off"):
+        _options["prepare_threshold"] = int(_threshold)
 
 # --- Redis ------------------------------------------------------------------
 # One Redis serves as Celery broker, channel layer and stream log.
