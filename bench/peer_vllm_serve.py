@@ -94,7 +94,9 @@ class VLLMServe:
             env=env,
             stdout=self.log_path.open("wb"),
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            # Its own process group (killed whole), in this session: the same
+            # scheduler autogroup as the client, as our stack's processes.
+            process_group=0,
         )
 
     def wait_ready(self, timeout: float = 300) -> None:

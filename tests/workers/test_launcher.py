@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
+import psutil
 import pytest
 from django.test import override_settings
 
@@ -54,3 +56,13 @@ def test_a_worker_whose_engine_cannot_start_exits_with_the_reason():
     assert result.returncode != 0
     assert "engine for model 'broken' could not start" in result.stderr
     assert "failed to load" in result.stderr
+
+
+def test_a_worker_leads_its_own_process_group_in_the_launchers_session(echo_worker):
+    """Its own group: the launcher kills it whole, engine processes included. The
+    launcher's session: on Linux a new session is a new scheduler autogroup, which
+    would share a CPU between the worker and the web server as two equal groups."""
+    launcher = psutil.Process(echo_worker.proc.pid)
+    (worker,) = launcher.children()
+    assert os.getpgid(worker.pid) == worker.pid != os.getpgid(launcher.pid)
+    assert os.getsid(worker.pid) == os.getsid(launcher.pid)
