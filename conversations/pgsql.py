@@ -49,7 +49,7 @@ def _numbered(sql: str) -> str:
     """``sql`` with PostgreSQL's own ``$1, $2, ...`` for its ``%s`` placeholders (it has
     no other ``%``), for a raw cursor. psycopg converts a statement of more than 50
     parameters anew at every run (it caches smaller ones): 10 % of a loaded web
-    server's CPU, for the chat insert's 80 or so."""
+    server's GIL time, for the chat insert's 80 or so."""
     parts = sql.split("%s")
     return "".join(part + (f"${i}" if i < len(parts) else "") for i, part in enumerate(parts, 1))
 

@@ -18,8 +18,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from django.conf import settings
-
 from inference.registry import ModelSpec, models
 from inference.worker import WORKER_MODEL_ENV
 
@@ -54,7 +52,6 @@ class WorkerSpec:
             "--prefetch-multiplier=1",
             "--without-mingle",
             "--without-gossip",
-            *(["--task-events"] if settings.CELERY_WORKER_SEND_TASK_EVENTS else []),
             f"--loglevel={loglevel}",
         ]
 
@@ -129,7 +126,7 @@ def run(specs: list[WorkerSpec], *, loglevel: str = "info", stop_timeout: float 
     # server started beside it as two equal groups, not by their threads' needs.
     # On a loaded CPU the web server's event loop then waited about a
     # millisecond for the CPU at each of its hundreds of wake-ups a second (the
-    # peer benchmark's TTFT went from about 380 to about 110 ms without it).
+    # peer benchmark's TTFT went from about 380 to about 160 ms without it).
     procs = [subprocess.Popen(s.command(loglevel=loglevel), env=s.env(), process_group=0) for s in specs]
     stopping = False
 

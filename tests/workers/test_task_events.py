@@ -45,11 +45,8 @@ class EventLog:
         self._connection.release()
 
     def for_job(self, job_id: int) -> list[str]:
-        return [e["type"] for e in self.events if e["type"].startswith("task-") and self._is_job(e, job_id)]
-
-    def _is_job(self, event: dict[str, Any], job_id: int) -> bool:
         task_id = InferenceJob.objects.get(pk=job_id).celery_task_id
-        return event.get("uuid") == task_id
+        return [e["type"] for e in self.events if e["type"].startswith("task-") and e.get("uuid") == task_id]
 
 
 @pytest.fixture
