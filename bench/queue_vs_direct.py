@@ -85,7 +85,7 @@ def engine_options(model_path: str, max_num_seqs: int) -> dict[str, Any]:
 
 
 async def direct_level(engine: Any, texts: list[str], concurrency: int, max_tokens: int) -> Level:
-    from inference.engines.base import ChatMessage, GenerationRequest, SamplingParams
+    from inference.requests import ChatMessage, GenerationRequest, SamplingParams
 
     semaphore = asyncio.Semaphore(concurrency)
 

@@ -35,18 +35,14 @@ from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from inference.engines.base import (
-    ChatMessage,
-    GenerationRequest,
-    PromptTooLong,
-    SamplingParams,
-)
+from inference.engines.base import PromptTooLong
+from inference.requests import ChatMessage, GenerationRequest, SamplingParams
 
 T = TypeVar("T")
 
 
 class LoopThread:
-    """An asyncio loop in a daemon thread, driven like ``inference.runtime.EngineHost``."""
+    """An asyncio loop in a daemon thread, driven like ``workers.runtime.EngineHost``."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from conversations.models import ApiKey, Conversation, ConversationEvent, Message
+from conversations.models import ApiKey, Conversation, ConversationEvent, InferenceJob, Message
 
 
 class MessageInline(admin.TabularInline):
@@ -48,3 +48,12 @@ class ConversationEventAdmin(admin.ModelAdmin):
 class ApiKeyAdmin(admin.ModelAdmin):
     list_display = ["prefix", "user", "name", "created_at", "last_used_at", "revoked_at"]
     readonly_fields = ["prefix", "key_hash", "created_at", "last_used_at"]
+
+
+@admin.register(InferenceJob)
+class InferenceJobAdmin(admin.ModelAdmin):
+    list_display = ["id", "model", "state", "attempts", "priority", "worker", "created_at", "finished_at"]
+    list_filter = ["state", "model"]
+    search_fields = ["=id", "=correlation_id", "celery_task_id", "last_error"]
+    raw_id_fields = ["message"]
+    readonly_fields = ["correlation_id", "celery_task_id", "attempts", "started_at", "finished_at"]

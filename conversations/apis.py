@@ -1,4 +1,4 @@
-"""REST API for conversations and messages: thin views over services and selectors."""
+"""REST API for conversations, messages, jobs and models: thin views over services and selectors."""
 
 from __future__ import annotations
 
@@ -11,54 +11,15 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from conversations import selectors, services
-from conversations.models import Conversation, Message
-from inference.serializers import JobOutputSerializer
+from conversations.dispatch import job_cancel
+from conversations.serializers import (
+    ConversationOutputSerializer,
+    JobOutputSerializer,
+    MessageOutputSerializer,
+    websocket_path,
+)
+from inference import registry
 from llmproject.pagination import PageNumberPagination
-
-
-def websocket_path(conversation_id: int) -> str:
-    return f"/ws/conversations/{conversation_id}/"
-
-
-class ConversationOutputSerializer(serializers.ModelSerializer):
-    websocket = serializers.SerializerMethodField()
-
-    class Meta:
-        model = Conversation
-        fields = ["id", "title", "model", "created_at", "updated_at", "websocket"]
-
-    def get_websocket(self, obj: Conversation) -> str:
-        return websocket_path(obj.pk)
-
-
-class MessageOutputSerializer(serializers.ModelSerializer):
-    conversation_id = serializers.IntegerField(read_only=True)
-    job_id = serializers.SerializerMethodField()
-
-    class Meta:
-        model = Message
-        fields = [
-            "id",
-            "conversation_id",
-            "role",
-            "content",
-            "status",
-            "model",
-            "error",
-            "finish_reason",
-            "prompt_tokens",
-            "completion_tokens",
-            "job_id",
-            "created_at",
-            "queued_at",
-            "started_at",
-            "first_token_at",
-            "finished_at",
-        ]
-
-    def get_job_id(self, obj: Message) -> int | None:
-        job = getattr(obj, "job", None) if obj.role == Message.Role.ASSISTANT else None
-        return job.pk if job is not None else None
 
 
 class StopField(serializers.Field):
@@ -180,3 +141,34 @@ class MessageListCreateApi(APIView):
         }
         location = reverse("job-detail", kwargs={"job_id": posted.job.pk})
         return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": location})
+
+
+class JobDetailApi(APIView):
+    @extend_schema(responses=JobOutputSerializer)
+    def get(self, request: Request, job_id: int) -> Response:
+        job = selectors.job_get(owner=request.user, job_id=job_id)
+        return Response(JobOutputSerializer(job).data)
+
+
+class JobCancelApi(APIView):
+    @extend_schema(request=None, responses=JobOutputSerializer)
+    def post(self, request: Request, job_id: int) -> Response:
+        """Stop the job: a queued one never starts, a running one stops within one engine
+        step and keeps its partial answer. 409 if it already finished."""
+        job = job_cancel(job=selectors.job_get(owner=request.user, job_id=job_id))
+        return Response(JobOutputSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class ModelListApi(APIView):
+    class OutputSerializer(serializers.Serializer):  # type: ignore[type-arg]
+        name = serializers.CharField()
+        engine = serializers.CharField()
+        description = serializers.CharField()
+        queue = serializers.CharField()
+        max_model_len = serializers.IntegerField()
+        default_max_tokens = serializers.IntegerField()
+
+    @extend_schema(responses=OutputSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        specs = sorted(registry.models().values(), key=lambda s: s.name)
+        return Response(self.OutputSerializer(specs, many=True).data)

@@ -23,11 +23,10 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from conversations.selectors import conversation_owned
-from inference import streaming
-from inference.events import FINAL_EVENTS
-from inference.selectors import job_get_for_message
-from inference.services import job_cancel
+from conversations.dispatch import job_cancel
+from conversations.selectors import conversation_owned, job_get_for_message
+from conversations.streams import store
+from conversations.streams.events import FINAL_EVENTS
 from llmproject.aio import cancel_and_wait
 from llmproject.exceptions import ApplicationError
 
@@ -56,7 +55,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         ):
             await self.close(code=CLOSE_NOT_FOUND)
             return
-        self.group = streaming.group_name(self.conversation_id)
+        self.group = store.group_name(self.conversation_id)
         self.inflight: set[int] = set()
         self.last_event_at = time.monotonic()
         self.lock = asyncio.Lock()  # one sender at a time keeps seq order
@@ -64,11 +63,11 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         # arrives through the group or is found in the stream.
         await self.channel_layer.group_add(self.group, self.channel_name)
         # Workers send to the group only while it has a listener on record.
-        await streaming.listener_add(
+        await store.listener_add(
             self.conversation_id, self.channel_name, ttl=getattr(self.channel_layer, "group_expiry", 86400)
         )
         await self.accept()
-        current, inflight = await streaming.stream_position(self.conversation_id)
+        current, inflight = await store.stream_position(self.conversation_id)
         after = self._after_param()
         if after is None:
             after = min(inflight.values(), default=current + 1) - 1
@@ -88,7 +87,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         await cancel_and_wait(getattr(self, "watchdog", None))
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
-            await streaming.listener_remove(self.conversation_id, self.channel_name)
+            await store.listener_remove(self.conversation_id, self.channel_name)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         kind = content.get("type") if isinstance(content, dict) else None
@@ -130,12 +129,12 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         async with self.lock:
             if events and events[0]["seq"] > self.last_seq + 1:
                 # A gap: the channel layer dropped something; the stream has it.
-                events = await streaming.events_since(self.conversation_id, self.last_seq)
+                events = await store.events_since(self.conversation_id, self.last_seq)
             await self._forward(events)
 
     async def catch_up(self) -> None:
         async with self.lock:
-            await self._forward(await streaming.events_since(self.conversation_id, self.last_seq))
+            await self._forward(await store.events_since(self.conversation_id, self.last_seq))
 
     async def _forward(self, events: list[dict[str, Any]]) -> None:
         for event in events:

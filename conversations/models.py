@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from django.conf import settings
 from django.db import models
@@ -22,11 +23,6 @@ class Conversation(TimestampedModel):
     def __str__(self) -> str:
         return self.title or f"Conversation {self.pk}"
 
-    @property
-    def group_name(self) -> str:
-        """The channel-layer group its WebSocket clients join."""
-        return f"conversation.{self.pk}"
-
 
 class Message(TimestampedModel):
     class Role(models.TextChoices):
@@ -41,7 +37,10 @@ class Message(TimestampedModel):
         FAILED = "failed"
         CANCELLED = "cancelled"
 
-    FINAL_STATUSES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+    # An assistant reply in one of these states is left out of the history a
+    # model sees: a failed answer, or one not finished. A cancelled reply's
+    # partial text stays, as the user saw it.
+    HISTORY_EXCLUDED_STATUSES = (Status.FAILED, Status.QUEUED, Status.STREAMING)
 
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
     role = models.CharField(max_length=16, choices=Role.choices)
@@ -63,6 +62,11 @@ class Message(TimestampedModel):
 
     def __str__(self) -> str:
         return f"{self.role} #{self.pk} ({self.status})"
+
+    @classmethod
+    def in_history(cls) -> models.Q:
+        """The messages a model sees of a conversation's past (with ``id`` before the reply)."""
+        return ~models.Q(role=cls.Role.ASSISTANT, status__in=cls.HISTORY_EXCLUDED_STATUSES)
 
 
 class ConversationEvent(models.Model):
@@ -120,5 +124,65 @@ class ApiKey(models.Model):
         return f"{self.prefix}… ({self.user})"
 
 
-def new_correlation_id() -> uuid.UUID:
-    return uuid.uuid4()
+class InferenceJob(TimestampedModel):
+    """The work of producing one assistant message.
+
+    ``attempts`` counts claims by workers: a redelivered message claims again,
+    and only the holder of the latest attempt may write the answer. (The table
+    keeps the name it had when jobs lived in the ``inference`` app.)
+    """
+
+    class State(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    FINAL_STATES = (State.SUCCEEDED, State.FAILED, State.CANCELLED)
+
+    message = models.OneToOneField(Message, on_delete=models.CASCADE, related_name="job")
+    model = models.CharField(max_length=100)
+    queue = models.CharField(max_length=120)
+    params = models.JSONField(default=dict, blank=True)
+    priority = models.PositiveSmallIntegerField(default=5)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED, db_index=True)
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=3)
+    celery_task_id = models.CharField(max_length=64, blank=True, db_index=True)
+    last_error = models.TextField(blank=True)
+    correlation_id = models.UUIDField(default=uuid.uuid4, db_index=True)
+    cancel_requested = models.BooleanField(default=False)
+    worker = models.CharField(max_length=200, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "inference_inferencejob"
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"job #{self.pk} {self.model} ({self.state})"
+
+    @property
+    def conversation_id(self) -> int:
+        return self.message.conversation_id
+
+    @classmethod
+    def claimable(cls, *, stale_before: datetime) -> models.Q:
+        """Jobs a delivery may take for one more attempt: queued, or running since before
+        ``stale_before`` (their worker died: the broker redelivers only after the
+        visibility timeout, which is longer); under the attempt cap; not cancelled."""
+        return (
+            (
+                models.Q(state=cls.State.QUEUED)
+                | models.Q(state=cls.State.RUNNING, started_at__lt=stale_before)
+            )
+            & models.Q(attempts__lt=models.F("max_attempts"))
+            & models.Q(cancel_requested=False)
+        )
+
+    @classmethod
+    def held(cls, *, attempt: int) -> models.Q:
+        """The job still belongs to ``attempt``: running, and no later claim took it over."""
+        return models.Q(state=cls.State.RUNNING, attempts=attempt)

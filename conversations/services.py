@@ -1,4 +1,4 @@
-"""Writes to conversations and messages."""
+"""Writes to conversations and messages: create, rename, delete, post a message, start a chat."""
 
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
-from conversations import pgsql
-from conversations.eventlog import event_build, event_record, events_record
-from conversations.models import Conversation, ConversationEvent, Message
+from conversations.dispatch import job_build, job_publish
+from conversations.eventlog import event_build, event_record
+from conversations.models import Conversation, ConversationEvent, InferenceJob, Message
+from conversations.storage.chat import chat_insert
 from inference import params as inference_params
-from inference.models import InferenceJob
 from inference.registry import ModelSpec
-from inference.services import job_build, job_publish
 from llmproject.exceptions import InvalidInput
 
 TITLE_LENGTH = 60
@@ -126,6 +125,7 @@ def conversation_start(
     Unlike ``message_post``, the whole prompt is checked against the context
     window: nothing of a given history is dropped silently. Publishing works as
     in ``message_post`` (after commit; ``ServiceUnavailable`` if the queue is down).
+    The rows are stored in one statement on PostgreSQL (``conversations.storage.chat``).
     """
     if not messages:
         raise InvalidInput("messages must not be empty", field="messages")
@@ -147,33 +147,20 @@ def conversation_start(
         correlation_id=correlation_id,
     )
     received = event_build(
-        conversation_id=0,  # set once stored
+        conversation_id=0,  # set once stored, as the message's
         kind=ConversationEvent.Kind.USER_QUERY_RECEIVED,
         correlation_id=correlation_id,
         payload={"chars": sum(len(c) for _, c in messages), "messages": len(messages)},
     )
-    if pgsql.available():
-        # One statement, committed on its own: then the job is published.
-        queued = _queued_event(job=job, conversation=conversation, sampling=sampling)
-        pgsql.insert_chat(
-            conversation=conversation,
-            messages=[*stored, assistant_message],
-            job=job,
-            received=received,
-            queued=queued,
-        )
-        job_publish(job=job)
-    else:
-        with transaction.atomic():
-            conversation.save(force_insert=True)
-            # One statement for the given messages and the queued reply, one
-            # for the job, one for both events.
-            # (The rows' foreign keys are taken from the objects, now saved.)
-            Message.objects.bulk_create([*stored, assistant_message])
-            job.save(force_insert=True)
-            received.conversation_id, received.message_id = conversation.pk, stored[-1].pk
-            events_record([received, _queued_event(job=job, conversation=conversation, sampling=sampling)])
-            transaction.on_commit(functools.partial(job_publish, job=job))
+    chat_insert(
+        conversation=conversation,
+        messages=[*stored, assistant_message],
+        job=job,
+        received=received,
+        queued=_queued_event(job=job, conversation=conversation, sampling=sampling),
+    )
+    # At once in autocommit; under a caller's transaction, once it commits.
+    transaction.on_commit(functools.partial(job_publish, job=job))
     return StartedConversation(
         conversation=conversation, messages=stored, assistant_message=assistant_message, job=job
     )
@@ -181,7 +168,7 @@ def conversation_start(
 
 def _storable(text: str) -> str:
     """PostgreSQL text cannot hold NUL; the model then sees U+FFFD there, as clients see it
-    in answers (``inference.generation``)."""
+    in answers (``workers.generation``)."""
     return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 

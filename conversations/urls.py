@@ -16,4 +16,7 @@ urlpatterns = [
         apis.MessageListCreateApi.as_view(),
         name="message-list",
     ),
+    path("jobs/<int:job_id>/", apis.JobDetailApi.as_view(), name="job-detail"),
+    path("jobs/<int:job_id>/cancel/", apis.JobCancelApi.as_view(), name="job-cancel"),
+    path("models/", apis.ModelListApi.as_view(), name="model-list"),
 ]

@@ -4,8 +4,7 @@ from django.apps import AppConfig
 
 
 class InferenceConfig(AppConfig):
-    name = "inference"
+    """The model layer: registry, engines, parameters, tokens. No tables of its own
+    (its migrations keep the history of the jobs' table, now conversations')."""
 
-    def ready(self) -> None:
-        # Connect the worker signal handlers and remote-control commands.
-        from inference import worker  # noqa: F401
+    name = "inference"

@@ -8,6 +8,7 @@ engine.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,13 @@ class ModelSpec:
     @property
     def engine_path(self) -> str:
         return ENGINES[self.engine]
+
+    def for_gpu_group(self, size: int) -> ModelSpec:
+        """The spec a worker with a group of ``size`` GPUs runs: vLLM shards the model across
+        the group (``tensor_parallel_size``) unless the options say otherwise."""
+        if self.engine != "vllm" or size <= 1 or "tensor_parallel_size" in self.options:
+            return self
+        return dataclasses.replace(self, options={**self.options, "tensor_parallel_size": size})
 
     @property
     def engine_options(self) -> dict[str, Any]:

@@ -5,22 +5,32 @@ window); the API only needs to know whether the newest message alone, plus
 ``max_tokens``, is over the model's context window. It counts with the
 model's own tokenizer file when there is one on disk (the ``tokenizers``
 package: no torch, no vLLM), and gives no answer otherwise (the worker then
-refuses it, as a failed message).
+refuses it, as a failed message). The simulated engine's count is defined
+here, and the engine takes it from here, so the web process never imports an
+engine.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from inference.registry import ModelSpec
+from inference.requests import ChatMessage
 
 logger = logging.getLogger(__name__)
 
 # Role markers and separators a chat template puts around one message.
 TEMPLATE_TOKENS_PER_MESSAGE = 8
+
+
+def count_prompt_tokens(messages: Sequence[ChatMessage]) -> int:
+    """The simulated engine's prompt length: whitespace tokens plus a few per message for
+    its (imaginary) template."""
+    return sum(len(m.content.split()) + 4 for m in messages)
 
 
 @functools.cache
@@ -42,9 +52,6 @@ def _tokenizer(folder: str) -> Any:
 def message_tokens(spec: ModelSpec, content: str) -> int | None:
     """Tokens ``content`` takes in a prompt of ``spec``'s model, or None if unknown here."""
     if spec.engine == "simulated":
-        from inference.engines.base import ChatMessage
-        from inference.engines.simulated import count_prompt_tokens
-
         return count_prompt_tokens([ChatMessage("user", content)])
     folder = spec.options.get("tokenizer") or spec.options.get("model")
     tokenizer = _tokenizer(str(folder)) if folder else None

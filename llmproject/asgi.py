@@ -1,4 +1,9 @@
-"""ASGI entry point: HTTP through Django, WebSockets through Channels."""
+"""ASGI entry point: HTTP through Django, WebSockets through Channels.
+
+The WebSocket application is named by dotted path in
+``settings.WEBSOCKET_APPLICATION``, as the HTTP URLconf is in ``ROOT_URLCONF``:
+the project package (the ground every app stands on) imports no app.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +16,13 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmproject.settings")
 # Set up Django (apps, models) before importing anything that uses the ORM.
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-
-from conversations.routing import websocket_urlpatterns  # noqa: E402
-from conversations.ws_auth import WebSocketAuth  # noqa: E402
+from channels.routing import ProtocolTypeRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.utils.module_loading import import_string  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": WebSocketAuth(URLRouter(websocket_urlpatterns)),
+        "websocket": import_string(settings.WEBSOCKET_APPLICATION),
     }
 )

@@ -56,6 +56,8 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "llmproject.urls"
 ASGI_APPLICATION = "llmproject.asgi.application"
+# The WebSocket URLs and their authentication, as ROOT_URLCONF is for HTTP.
+WEBSOCKET_APPLICATION = "conversations.routing.application"
 WSGI_APPLICATION = None
 
 TEMPLATES = [
@@ -184,7 +186,7 @@ CHANNEL_LAYERS = {
             # group_send silently drops messages for a channel holding
             # `capacity` unread ones (default 100). Raise it, and let the
             # consumer fill any gap from the per-conversation Redis stream
-            # (inference.streaming), which never drops.
+            # (conversations.streams), which never drops.
             "capacity": env.int("CHANNEL_CAPACITY", default=2000),
             "expiry": 60,
         },
@@ -204,7 +206,7 @@ LLM_STREAM_FLUSH_TOKENS = env.int("LLM_STREAM_FLUSH_TOKENS", default=16)
 
 # --- Celery -----------------------------------------------------------------
 # Longest a generation may run; the worker aborts it after this. The threads
-# pool has no time limits of its own, so inference.services enforces it.
+# pool has no time limits of its own, so the worker enforces it around each generation (workers.generation).
 LLM_JOB_TIME_LIMIT = env.int("LLM_JOB_TIME_LIMIT", default=600)
 # An unacked message is redelivered after the visibility timeout: it must be
 # longer than the longest job or a running job gets delivered twice.

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from inference.registry import ModelSpec, models
-from inference.worker import WORKER_MODEL_ENV
+from workers.signals import TENSOR_PARALLEL_ENV, WORKER_MODEL_ENV
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +61,7 @@ class WorkerSpec:
         # An empty list hides every GPU: a CPU worker must not grab one.
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, self.gpus or ()))
         if self.gpus:
-            env["LLM_TENSOR_PARALLEL_SIZE"] = str(len(self.gpus))
+            env[TENSOR_PARALLEL_ENV] = str(len(self.gpus))
         if self.cpus:
             # vLLM's CPU build pins its OpenMP threads to these cores.
             env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpus

@@ -1,7 +1,7 @@
 """The one interface every inference engine implements.
 
 An engine lives inside a worker process, on that process's dedicated asyncio
-event-loop thread (see ``inference.runtime``). Many generations run against it
+event-loop thread (see ``workers.runtime``). Many generations run against it
 at once: each Celery task submits one ``generate()`` coroutine to the loop, and
 the engine is free to batch them (the real engine does continuous batching).
 
@@ -13,46 +13,12 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
-Role = Literal["system", "user", "assistant"]
+from inference.requests import GenerationRequest
+
 FinishReason = Literal["stop", "length", "abort"]
-
-
-@dataclass(frozen=True, slots=True)
-class ChatMessage:
-    role: Role
-    content: str
-
-
-@dataclass(frozen=True, slots=True)
-class SamplingParams:
-    """Sampling parameters, already validated by the API layer."""
-
-    max_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    ignore_eos: bool = False
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SamplingParams:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        if "stop" in known:
-            stop = known["stop"]
-            known["stop"] = (stop,) if isinstance(stop, str) else tuple(stop or ())
-        return cls(**known)
-
-
-@dataclass(frozen=True, slots=True)
-class GenerationRequest:
-    """One generation. ``request_id`` is unique per attempt and is what ``abort`` takes."""
-
-    request_id: str
-    messages: tuple[ChatMessage, ...]
-    params: SamplingParams = field(default_factory=SamplingParams)
 
 
 @dataclass(frozen=True, slots=True)

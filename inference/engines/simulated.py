@@ -26,13 +26,9 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from inference.engines.base import (
-    ChatMessage,
-    Engine,
-    EngineError,
-    GenerationDelta,
-    GenerationRequest,
-)
+from inference.engines.base import Engine, EngineError, GenerationDelta
+from inference.requests import ChatMessage, GenerationRequest
+from inference.tokens import count_prompt_tokens
 
 _WORDS = (
     "the a model token batch queue worker stream answer engine request step "
@@ -46,11 +42,6 @@ PERMANENT_MARKER = "[[simulate:permanent-error]]"
 
 def _prompt_text(messages: Sequence[ChatMessage]) -> str:
     return "\n".join(f"{m.role}: {m.content}" for m in messages)
-
-
-def count_prompt_tokens(messages: Sequence[ChatMessage]) -> int:
-    """Whitespace tokens plus a few per message for the (imaginary) template."""
-    return sum(len(m.content.split()) + 4 for m in messages)
 
 
 def simulated_tokens(messages: Sequence[ChatMessage], max_tokens: int, ignore_eos: bool = False) -> list[str]:

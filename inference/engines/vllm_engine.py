@@ -1,7 +1,7 @@
 """The real engine: vLLM V1's ``AsyncLLM`` with continuous batching.
 
 One ``VLLMEngine`` lives in a worker process, on that process's engine
-event-loop thread (``inference.runtime``). ``start()`` builds ``AsyncLLM``,
+event-loop thread (``workers.runtime``). ``start()`` builds ``AsyncLLM``,
 which spawns vLLM's ``EngineCore`` process (and, under it, one ``Worker``
 process per tensor-parallel rank); every ``generate()`` then adds one request
 to it, and vLLM batches all requests in flight at each step.
@@ -54,15 +54,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from inference.engines.base import (
-    ChatMessage,
     Engine,
     EngineError,
     FinishReason,
     GenerationDelta,
-    GenerationRequest,
     PromptTooLong,
-    SamplingParams,
 )
+from inference.requests import ChatMessage, GenerationRequest, SamplingParams
 
 if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from django.core.management import call_command
 
-from conversations.models import ConversationEvent, Message
-from inference.models import InferenceJob
+from conversations.models import ConversationEvent, InferenceJob, Message
 from tests.factories import ConversationFactory
 
 pytestmark = pytest.mark.django_db

@@ -6,7 +6,7 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from inference import streaming
+from conversations.streams import store
 from llmproject.asgi import application
 from tests.factories import ConversationFactory
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 async def store_without_sending(conversation_id: int, event: dict) -> int:
     """Append to the stream but skip group_send: what channels-redis does to a full channel."""
-    [(seq, listening)] = await streaming.store_events([(conversation_id, event)])
+    [(seq, listening)] = await store.store_events([(conversation_id, event)])
     assert listening, "the consumer registers as a listener when it connects"
     return seq
 
@@ -41,7 +41,7 @@ async def test_events_dropped_by_the_channel_layer_are_filled_in_from_the_stream
     await store_without_sending(
         conversation.pk, {"event": "delta", "message_id": 7, "text": "a", "tokens": 1}
     )
-    await streaming.publish_events(
+    await store.publish_events(
         [(conversation.pk, {"event": "delta", "message_id": 7, "text": "b", "tokens": 1})]
     )
     received = [await ws.receive_json_from(timeout=5) for _ in range(3)]
@@ -53,7 +53,7 @@ async def test_events_dropped_by_the_channel_layer_are_filled_in_from_the_stream
 async def test_a_dropped_last_event_still_arrives(api_user):
     conversation = await database_sync_to_async(ConversationFactory)(owner=api_user.user)
     ws = await connect(conversation.pk, api_user.key)
-    await streaming.publish_events(
+    await store.publish_events(
         [(conversation.pk, {"event": "started", "message_id": 7, "job_id": 1, "attempt": 1})]
     )
     assert (await ws.receive_json_from(timeout=5))["event"] == "started"
@@ -78,7 +78,7 @@ async def test_a_dropped_last_event_still_arrives(api_user):
 async def test_a_client_can_ask_to_replay_from_a_seq(api_user):
     conversation = await database_sync_to_async(ConversationFactory)(owner=api_user.user)
     for text in "abc":
-        await streaming.publish_events(
+        await store.publish_events(
             [(conversation.pk, {"event": "delta", "message_id": 7, "text": text, "tokens": 1})]
         )
     ws = await connect(conversation.pk, api_user.key)
@@ -102,11 +102,11 @@ async def test_a_browser_session_from_another_origin_is_refused(api_user):
 async def test_workers_send_to_a_conversation_only_while_a_websocket_listens(api_user):
     conversation = await database_sync_to_async(ConversationFactory)(owner=api_user.user)
     delta = {"event": "delta", "message_id": 7, "text": "a", "tokens": 1}
-    [(_, listening)] = await streaming.store_events([(conversation.pk, delta)])
+    [(_, listening)] = await store.store_events([(conversation.pk, delta)])
     assert not listening
     ws = await connect(conversation.pk, api_user.key)
-    [(_, listening)] = await streaming.store_events([(conversation.pk, delta)])
+    [(_, listening)] = await store.store_events([(conversation.pk, delta)])
     assert listening
     await ws.disconnect()
-    [(_, listening)] = await streaming.store_events([(conversation.pk, delta)])
+    [(_, listening)] = await store.store_events([(conversation.pk, delta)])
     assert not listening

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from inference.engines.base import ChatMessage, EngineError, PromptTooLong
+from inference.engines.base import EngineError, PromptTooLong
 from inference.engines.vllm_engine import fit_context_window
+from inference.requests import ChatMessage
 
 # No database, no Django settings needed by anything here.
 

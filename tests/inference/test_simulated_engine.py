@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from inference.engines.base import ChatMessage, GenerationRequest, SamplingParams
 from inference.engines.simulated import SimulatedEngine, simulated_tokens
+from inference.requests import ChatMessage, GenerationRequest, SamplingParams
 
 
 def request(i: int, max_tokens: int = 20) -> GenerationRequest:

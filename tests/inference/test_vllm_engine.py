@@ -14,11 +14,10 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.core.management import call_command
 
-from conversations.models import Message
-from inference.models import InferenceJob
+from conversations.models import InferenceJob, Message
 from tests.conftest import ROOT, wait_for, worker_env
 from tests.factories import ConversationFactory
-from tests.inference.test_pipeline import connect, events_until_final, post
+from tests.workers.test_pipeline import connect, events_until_final, post
 
 pytestmark = [pytest.mark.vllm, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 

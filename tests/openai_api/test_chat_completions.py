@@ -13,10 +13,9 @@ import openai
 import pytest
 from asgiref.sync import sync_to_async
 
-from conversations.models import ConversationEvent, Message
-from inference.engines.base import ChatMessage
+from conversations.models import ConversationEvent, InferenceJob, Message
 from inference.engines.simulated import simulated_tokens
-from inference.models import InferenceJob
+from inference.requests import ChatMessage
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 

@@ -13,10 +13,10 @@ import pytest
 from django.conf import settings
 from django.db import connection, transaction
 
-from inference.engines.base import ChatMessage
+from conversations.dispatch import job_abandon
+from conversations.models import InferenceJob
 from inference.engines.simulated import simulated_tokens
-from inference.models import InferenceJob
-from inference.services import job_abandon
+from inference.requests import ChatMessage
 from tests.conftest import WorkerProcess, wait_for
 from tests.openai_api.conftest import start_server
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from inference.models import InferenceJob
+from conversations.models import InferenceJob
 
 pytestmark = [pytest.mark.vllm, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from inference.models import InferenceJob
+from conversations.models import InferenceJob
 from llmproject.celery import app as celery_app
 from tests.conftest import ApiUser, WorkerProcess, wait_for
 from tests.factories import ConversationFactory

@@ -21,13 +21,14 @@ from typing import Any, Literal, TypeVar
 
 from django.utils import timezone
 
-from inference import streaming
-from inference.engines.base import Engine, GenerationRequest
-from inference.events import StreamEvent
-from inference.generation import GenerationResult, generate_and_stream
-from inference.heartbeat import Heartbeat
+from conversations.streams.events import StreamEvent
+from conversations.streams.publisher import EventPublisher
+from conversations.streams.push import set_process_publisher
+from inference.engines.base import Engine
 from inference.registry import ModelSpec
-from inference.streaming import EventPublisher
+from inference.requests import GenerationRequest
+from workers.generation import GenerationResult, generate_and_stream
+from workers.heartbeat import Heartbeat
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -80,7 +81,7 @@ class EngineHost:
         self.engine = engine
         self.publisher = EventPublisher()
         self.publisher.start()
-        streaming.set_process_publisher(self.publisher, self.loop)
+        set_process_publisher(self.publisher, self.loop)
         # Last: the API sends this model's jobs only once a worker beats.
         self.heartbeat = Heartbeat(model=self.spec.name)
         await self.heartbeat.start()
@@ -170,7 +171,7 @@ class EngineHost:
         if not self.loop.is_running():
             return
 
-        streaming.set_process_publisher(None, None)
+        set_process_publisher(None, None)
 
         async def _stop() -> None:
             if self.heartbeat is not None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import redis.exceptions
 from django.conf import settings
 
-from inference import heartbeat
+from inference import liveness
 from inference.registry import ModelSpec
-from inference.streaming import redis_client
+from llmproject.redis_client import redis_client
 from llmproject.exceptions import ServiceUnavailable, TooManyRequests
 
 PRIORITY_STEPS = range(10)
@@ -41,10 +41,10 @@ async def _alive_and_backlog(spec: ModelSpec) -> tuple[int, int]:
     """Live workers and queue backlog of ``spec``: one round trip when the heartbeats and
     the queue share a Redis (the default), else the two questions one after the other."""
     if settings.CELERY_BROKER_URL != settings.REDIS_URL:
-        alive = await heartbeat.workers_alive(model=spec.name)
+        alive = await liveness.workers_alive(model=spec.name)
         return alive, (await queue_backlog(spec=spec) if alive else 0)
     async with redis_client().pipeline(transaction=False) as pipe:
-        heartbeat.queue_workers_alive(pipe, model=spec.name)
+        liveness.queue_workers_alive(pipe, model=spec.name)
         for key in _queue_keys(spec):
             pipe.llen(key)
         alive, *lengths = await pipe.execute()

@@ -6,8 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conversations.models import ConversationEvent, Message
-from inference.models import InferenceJob
+from conversations.models import ConversationEvent, InferenceJob, Message
 from llmproject.celery import app as celery_app
 from tests.factories import ConversationFactory
 

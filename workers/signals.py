@@ -1,6 +1,7 @@
 """Per-process setup of a model worker, wired to Celery's worker signals.
 
-``run_workers`` starts each worker with ``LLM_WORKER_MODEL`` set. On
+``run_workers`` starts each worker with ``LLM_WORKER_MODEL`` set (and, for a
+group of several GPUs, ``LLM_TENSOR_PARALLEL_SIZE``). On
 ``worker_init`` (before the pool starts or anything is consumed) the process
 builds that model's engine; if the engine cannot start, the worker exits with
 the reason instead of failing task after task. On ``worker_shutdown`` the
@@ -13,17 +14,33 @@ import logging
 import os
 import sys
 import threading
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from celery.signals import worker_init, worker_shutdown, worker_shutting_down
 from celery.worker.control import control_command, inspect_command
 from django.conf import settings
 
+if TYPE_CHECKING:
+    from inference.registry import ModelSpec
+
 logger = logging.getLogger(__name__)
 
 WORKER_MODEL_ENV = "LLM_WORKER_MODEL"
+TENSOR_PARALLEL_ENV = "LLM_TENSOR_PARALLEL_SIZE"
 # Exit status of a worker whose engine could not start (EX_CONFIG).
 EXIT_ENGINE_FAILED = 78
+
+
+def worker_model_spec(environ: Mapping[str, str]) -> ModelSpec | None:
+    """The model a worker started with ``environ`` serves, as its engine runs it: across
+    its GPU group with tensor parallelism. None if the model is not in the registry."""
+    from inference import registry
+
+    spec = registry.get_model(environ.get(WORKER_MODEL_ENV, ""))
+    if spec is None:
+        return None
+    return spec.for_gpu_group(int(environ.get(TENSOR_PARALLEL_ENV) or 1))
 
 
 @worker_init.connect
@@ -31,9 +48,9 @@ def start_engine(sender: Any = None, **kwargs: Any) -> None:
     model = os.environ.get(WORKER_MODEL_ENV)
     if not model:
         return
-    from inference import registry, runtime
+    from workers import runtime
 
-    spec = registry.get_model(model)
+    spec = worker_model_spec(os.environ)
     if spec is None:
         logger.critical("%s=%r is not in the model registry", WORKER_MODEL_ENV, model)
         sys.exit(EXIT_ENGINE_FAILED)
@@ -51,7 +68,7 @@ def bound_the_warm_shutdown(sig: str = "", how: str = "", **kwargs: Any) -> None
     """On SIGTERM Celery stops consuming and waits for the running tasks, however long
     they take. Give them ``LLM_SHUTDOWN_GRACE`` seconds, then abort the rest: their jobs
     go back to the queue whole (``JobInterrupted`` -> ``Reject(requeue=True)``)."""
-    from inference import runtime
+    from workers import runtime
 
     try:
         host = runtime.current_host()
@@ -76,7 +93,7 @@ def bound_the_warm_shutdown(sig: str = "", how: str = "", **kwargs: Any) -> None
 
 @worker_shutdown.connect
 def stop_engine(sender: Any = None, **kwargs: Any) -> None:
-    from inference import runtime
+    from workers import runtime
 
     runtime.stop_host()
 
@@ -84,7 +101,7 @@ def stop_engine(sender: Any = None, **kwargs: Any) -> None:
 @control_command(name="cancel_job", args=[("job_id", int)])  # type: ignore[misc]
 def cancel_job(state: Any, job_id: int, **kwargs: Any) -> dict[str, Any]:
     """Broadcast by ``job_cancel``: abort the job if this worker runs it."""
-    from inference import runtime
+    from workers import runtime
 
     try:
         runtime.current_host().cancel_job(int(job_id))
@@ -96,7 +113,7 @@ def cancel_job(state: Any, job_id: int, **kwargs: Any) -> dict[str, Any]:
 @inspect_command(name="engine_stats", args=[("reset", bool)])  # type: ignore[misc]
 def engine_stats(state: Any, reset: bool = False, **kwargs: Any) -> dict[str, Any]:
     """``celery -A llmproject inspect engine_stats``: the engine's counters (``reset`` zeroes them)."""
-    from inference import runtime
+    from workers import runtime
 
     try:
         host = runtime.current_host()

@@ -10,11 +10,10 @@ from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from conversations.models import ConversationEvent, Message
-from inference.engines.base import ChatMessage
+from conversations.dispatch import job_publish
+from conversations.models import ConversationEvent, InferenceJob, Message
 from inference.engines.simulated import PERMANENT_MARKER, TRANSIENT_MARKER, simulated_tokens
-from inference.models import InferenceJob
-from inference.services import job_publish
+from inference.requests import ChatMessage
 from llmproject.asgi import application
 from tests.conftest import ApiUser
 from tests.factories import ConversationFactory

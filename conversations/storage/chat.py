@@ -1,10 +1,10 @@
-"""A chat completion's rows in one statement on PostgreSQL.
+"""A chat completion's rows: the conversation, its messages and queued reply, the job
+and the ``user_query_received`` and ``inference_queued`` events.
 
-Through the ORM, storing a chat completion is a transaction of four inserts
-and a commit: five round trips, each a wait for the database and the thread
-scheduler on a loaded web server. One statement of data-modifying CTEs
-inserts the conversation, its messages and queued reply, the job and both
-events, in autocommit. Columns and values come from the unsaved model
+Through the ORM that is a transaction of four inserts and a commit: five
+round trips, each a wait for the database and the thread scheduler on a
+loaded web server. On PostgreSQL one statement of data-modifying CTEs inserts
+them all, in autocommit. Its columns and values come from the unsaved model
 instances (``pre_save``/``get_db_prep_save``, as the ORM's own insert), so the
 SQL follows the models.
 """
@@ -15,12 +15,12 @@ import functools
 from typing import Any
 
 import psycopg
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Model
 
-from conversations.models import Conversation, ConversationEvent, Message
-from inference.models import InferenceJob
-from inference.pgsql import available  # noqa: F401  (the one test of the database in use)
+from conversations.eventlog import events_record
+from conversations.models import Conversation, ConversationEvent, InferenceJob, Message
+from conversations.storage import on_postgresql
 
 
 def _row(obj: Model, computed: dict[str, str | tuple[str, Any]]) -> tuple[list[str], list[str], list[Any]]:
@@ -54,7 +54,7 @@ def _numbered(sql: str) -> str:
     return "".join(part + (f"${i}" if i < len(parts) else "") for i, part in enumerate(parts, 1))
 
 
-def insert_chat(
+def chat_insert(
     *,
     conversation: Conversation,
     messages: list[Message],
@@ -62,13 +62,46 @@ def insert_chat(
     received: ConversationEvent,
     queued: ConversationEvent,
 ) -> None:
-    """Insert ``conversation`` with ``messages`` (the last one the queued reply, which
-    ``job`` is for) and the ``received`` and ``queued`` events; sets their primary keys.
-    ``queued``'s payload gets the job's id as ``job_id``.
+    """Insert ``conversation`` with ``messages`` (the given ones, then the queued reply,
+    which ``job`` is for) and the ``received`` event (of the last given message) and the
+    ``queued`` one (of the reply); sets their primary keys and foreign keys. ``queued``'s
+    payload gets the job's id as ``job_id``.
 
-    Message ids follow the list's order (one multi-row insert, as ``bulk_create``):
-    the history the worker reads is everything before the reply, by id.
+    Message ids follow the list's order (one multi-row insert): the history the
+    worker reads is everything before the reply, by id.
     """
+    insert = chat_insert_sql if on_postgresql() else chat_insert_orm
+    insert(conversation=conversation, messages=messages, job=job, received=received, queued=queued)
+
+
+def chat_insert_orm(
+    *,
+    conversation: Conversation,
+    messages: list[Message],
+    job: InferenceJob,
+    received: ConversationEvent,
+    queued: ConversationEvent,
+) -> None:
+    with transaction.atomic():
+        conversation.save(force_insert=True)
+        # One statement for the messages, one for the job, one for both events;
+        # the rows' foreign keys are taken from the objects, now saved.
+        Message.objects.bulk_create(messages)
+        job.save(force_insert=True)
+        received.conversation_id, received.message_id = conversation.pk, messages[-2].pk
+        queued.conversation_id, queued.message_id = conversation.pk, messages[-1].pk
+        queued.payload = {**queued.payload, "job_id": job.pk}
+        events_record([received, queued])
+
+
+def chat_insert_sql(
+    *,
+    conversation: Conversation,
+    messages: list[Message],
+    job: InferenceJob,
+    received: ConversationEvent,
+    queued: ConversationEvent,
+) -> None:
     quote = connection.ops.quote_name
     conv_id = "(SELECT id FROM conv)"
     reply_id = "(SELECT max(id) FROM msgs)"

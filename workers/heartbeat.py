@@ -1,12 +1,6 @@
-"""Which models have a live worker: a heartbeat per worker in Redis.
+"""A worker's heartbeat: alive in Redis while its engine can take jobs.
 
-Each worker's engine host, once its engine is ready, refreshes its entry in
-the sorted set ``llm:workers:<model>`` (member: the worker's id, score: unix
-time) every ``LLM_HEARTBEAT_INTERVAL`` seconds, and removes it when it stops.
-An entry older than ``LLM_HEARTBEAT_TTL`` is a worker that died without
-saying so. The API asks ``workers_alive`` (one ZCOUNT) before it queues a job
-that nobody would run; a Celery ping would cost a broadcast round trip and a
-timeout on every request.
+The readers (the API's admission, health checks) are in ``inference.liveness``.
 """
 
 from __future__ import annotations
@@ -17,37 +11,18 @@ import math
 import os
 import socket
 import time
-from typing import Any
 
 import redis.asyncio as aioredis
 from django.conf import settings
 
-from inference.streaming import redis_client
+from inference.liveness import heartbeat_key
 from llmproject.aio import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
 
-def _key(model: str) -> str:
-    return f"llm:workers:{model}"
-
-
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-async def workers_alive(*, model: str) -> int:
-    """How many workers of ``model`` have beaten within the TTL."""
-    return int(await redis_client().zcount(*_alive_range(model)))
-
-
-def queue_workers_alive(pipe: Any, *, model: str) -> None:
-    """Add ``workers_alive``'s command to a pipeline of ``REDIS_URL``'s server (its reply: the count)."""
-    pipe.zcount(*_alive_range(model))
-
-
-def _alive_range(model: str) -> tuple[str, float, str]:
-    return _key(model), time.time() - settings.LLM_HEARTBEAT_TTL, "+inf"
 
 
 class Heartbeat:
@@ -68,7 +43,7 @@ class Heartbeat:
 
     async def _beat(self) -> None:
         now = time.time()
-        key = _key(self.model)
+        key = heartbeat_key(self.model)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zadd(key, {self.member: now})
             # Dead workers' entries would otherwise stay forever.
@@ -87,7 +62,7 @@ class Heartbeat:
     async def close(self) -> None:
         await cancel_and_wait(self._task)
         try:
-            await self._redis.zrem(_key(self.model), self.member)
+            await self._redis.zrem(heartbeat_key(self.model), self.member)
         except Exception:
             logger.warning("could not deregister worker %s of %s", self.member, self.model, exc_info=True)
         await self._redis.aclose()

@@ -1,4 +1,8 @@
-"""Celery tasks: thin, take ids, call one service."""
+"""The Celery task of a model worker: thin, takes the job's id, calls one service.
+
+Published by name (``conversations.dispatch.RUN_JOB_TASK``): only workers
+import this module.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,9 @@ from celery.exceptions import Reject
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from inference.services import JobInterrupted, TransientJobError, job_fail, job_run
+from conversations.dispatch import RUN_JOB_TASK
+from conversations.lifecycle import job_fail
+from workers.services import JobInterrupted, TransientJobError, job_run
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +44,7 @@ class InferenceTask(Task):  # type: ignore[misc]
         job_fail(job_id=job_id, error=error)
 
 
-@shared_task(bind=True, base=InferenceTask, name="inference.run_job")
+@shared_task(bind=True, base=InferenceTask, name=RUN_JOB_TASK)
 def run_job(self: InferenceTask, job_id: int) -> None:
     try:
         job_run(job_id=job_id, worker=self.request.hostname or "")

@@ -9,11 +9,10 @@ import time
 import pytest
 from channels.db import database_sync_to_async
 
-from conversations.models import Message
-from inference.models import InferenceJob
+from conversations.models import InferenceJob, Message
 from tests.conftest import WorkerProcess
 from tests.factories import ConversationFactory
-from tests.inference.test_pipeline import connect, events_until_final, post
+from tests.workers.test_pipeline import connect, events_until_final, post
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 

@@ -10,8 +10,9 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from inference.engines.base import Engine, GenerationRequest
-from inference.streaming import DeltaCoalescer, EventPublisher
+from conversations.streams.publisher import DeltaCoalescer, EventPublisher
+from inference.engines.base import Engine
+from inference.requests import GenerationRequest
 
 
 @dataclass(frozen=True, slots=True)

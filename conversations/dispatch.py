@@ -1,0 +1,107 @@
+"""The web side of a job: build it, publish it to its model's queue, cancel it.
+
+Jobs are published by task name: the web process never imports the worker
+runtime (``workers.tasks`` registers the task under ``RUN_JOB_TASK``).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import redis.exceptions
+from django.conf import settings
+from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerError
+
+from conversations.lifecycle import job_cancel_queued, job_fail
+from conversations.models import InferenceJob, Message
+from inference.registry import ModelSpec
+from llmproject.celery import app
+from llmproject.exceptions import Conflict, ServiceUnavailable
+
+logger = logging.getLogger(__name__)
+
+RUN_JOB_TASK = "llm.run_job"
+# Redis priorities run 0 (first) .. 9; the API's run 0 (lowest) .. 9 (highest).
+_LOWEST_BROKER_PRIORITY = 9
+
+
+def job_build(
+    *,
+    message: Message,
+    spec: ModelSpec,
+    params: dict[str, Any],
+    priority: int,
+    correlation_id: uuid.UUID,
+) -> InferenceJob:
+    """The job for ``message``'s reply, not yet stored."""
+    return InferenceJob(
+        message=message,
+        model=spec.name,
+        queue=spec.queue,
+        params=params,
+        priority=priority,
+        max_attempts=settings.LLM_MAX_ATTEMPTS,
+        celery_task_id=str(uuid.uuid4()),
+        correlation_id=correlation_id,
+    )
+
+
+def job_publish(*, job: InferenceJob) -> None:
+    """Send the job to its model's queue. The one place that publishes jobs.
+
+    Precondition: the job's rows are committed (call it through
+    ``transaction.on_commit``). If the broker cannot be reached the job is
+    marked failed (nothing will run it) and ``ServiceUnavailable`` is raised.
+    """
+    try:
+        app.send_task(
+            RUN_JOB_TASK,
+            args=[job.pk],
+            queue=job.queue,
+            task_id=job.celery_task_id,
+            priority=_LOWEST_BROKER_PRIORITY - job.priority,
+            retry=True,
+        )
+    except (BrokerError, redis.exceptions.ConnectionError) as exc:
+        logger.error("could not publish job %s to %s: %s", job.pk, job.queue, exc)
+        job_fail(job_id=job.pk, error="the job queue is unavailable; the message was not queued")
+        raise ServiceUnavailable(
+            "the job queue is unavailable right now; try again shortly", retry_after=5
+        ) from exc
+
+
+def job_cancel(*, job: InferenceJob) -> InferenceJob:
+    """Stop a job. A queued one is cancelled at once and never starts; a running one
+    is aborted by its worker within one engine step, keeping the partial answer.
+
+    Raises ``Conflict`` if the job has already finished.
+    """
+    requested = (
+        InferenceJob.objects.filter(pk=job.pk)
+        .exclude(state__in=InferenceJob.FINAL_STATES)
+        .update(cancel_requested=True, updated_at=timezone.now())
+    )
+    if not requested:
+        job.refresh_from_db()
+        raise Conflict(f"job {job.pk} is already {job.state}", code="job_finished")
+    if not job_cancel_queued(job_id=job.pk):
+        # Running (claims skip jobs with cancel_requested, so it was claimed
+        # before): every worker gets the word, the one running it aborts it.
+        app.control.broadcast("cancel_job", arguments={"job_id": job.pk})
+    job.refresh_from_db()
+    return job
+
+
+def job_abandon(*, job_id: int) -> None:
+    """The client waiting for the job has gone: cancel it (freeing its engine slot),
+    unless it has already finished."""
+    job = InferenceJob.objects.filter(pk=job_id).first()
+    if job is None:
+        return
+    try:
+        job_cancel(job=job)
+    except Conflict:
+        pass

@@ -1,0 +1,197 @@
+"""A job's state changes after it is queued: claimed, finished, released, failed, cancelled.
+
+Delivery is at least once (``acks_late``; a redelivered message after a worker
+died), the effect exactly once: a delivery first *claims* the job with a
+conditional update that bumps ``attempts``, and the answer is written only if
+the job still belongs to that attempt. A worker's task runs these
+(``workers.services``); the web process fails and cancels jobs too
+(``conversations.dispatch``).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+import redis.exceptions
+from django.conf import settings
+from django.db import DatabaseError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from conversations.eventlog import event_record
+from conversations.models import ConversationEvent, InferenceJob, Message
+from conversations.storage.claim import Claim, claim
+from conversations.storage.finish import finish
+from conversations.streams.events import StreamEvent
+from conversations.streams.push import push_event
+
+logger = logging.getLogger(__name__)
+
+
+def job_claim(*, job_id: int, worker: str) -> Claim | None:
+    """Take the job for one attempt, or return None if this delivery must not run it.
+
+    A job is claimable when queued, or when running for longer than the time
+    limit (its worker died: the broker redelivers only after the visibility
+    timeout, which is longer). A job at its attempt cap is failed instead, and
+    a queued job whose cancel was asked is cancelled.
+    """
+    now = timezone.now()
+    claimed = claim(
+        job_id=job_id,
+        worker=worker,
+        now=now,
+        stale_before=now - timedelta(seconds=settings.LLM_JOB_TIME_LIMIT),
+    )
+    if claimed is not None:
+        return claimed
+    job = InferenceJob.objects.filter(pk=job_id).first()
+    if job is None:
+        logger.info("job %s no longer exists (conversation deleted?); skipping", job_id)
+    elif job.state in InferenceJob.FINAL_STATES:
+        logger.info("job %s is already %s; duplicate delivery ignored", job.pk, job.state)
+    elif job.cancel_requested:
+        job_cancel_queued(job_id=job.pk)
+    elif job.attempts >= job.max_attempts:
+        job_fail(
+            job_id=job.pk,
+            error=f"gave up after {job.attempts} attempts (a worker running it may have died)",
+        )
+    else:
+        logger.info(
+            "job %s is running elsewhere (attempt %s); duplicate delivery ignored", job.pk, job.attempts
+        )
+    return None
+
+
+def job_finish(
+    *,
+    claim: Claim,
+    text: str,
+    finish_reason: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    first_token_at: datetime | None,
+    finished_at: datetime,
+) -> bool:
+    """Store the answer (or, after a cancel, the partial answer) if the job still belongs to
+    ``claim``; False if another attempt took over."""
+    job = claim.job
+    cancelled = finish_reason == "abort"
+    stored = finish(
+        job_id=job.pk,
+        message_id=job.message_id,
+        attempt=claim.attempt,
+        job_state=InferenceJob.State.CANCELLED if cancelled else InferenceJob.State.SUCCEEDED,
+        conversation_id=claim.conversation_id,
+        correlation_id=job.correlation_id,
+        reply={
+            "content": text,
+            "status": Message.Status.CANCELLED if cancelled else Message.Status.COMPLETED,
+            "finish_reason": finish_reason,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "first_token_at": first_token_at,
+            "finished_at": finished_at,
+        },
+        event_kind=(
+            ConversationEvent.Kind.INFERENCE_CANCELLED
+            if cancelled
+            else ConversationEvent.Kind.RESPONSE_GENERATED
+        ),
+        event_payload={
+            "job_id": job.pk,
+            "attempt": claim.attempt,
+            "finish_reason": finish_reason,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+        },
+        now=finished_at,
+    )
+    if not stored:
+        logger.warning("job %s attempt %s was superseded; its answer is discarded", job.pk, claim.attempt)
+    return stored
+
+
+def job_release(*, claim: Claim, error: str, count_attempt: bool = True) -> None:
+    """Hand a claimed job back to the queue: for a retry after a transient failure or,
+    with ``count_attempt=False``, because the worker is shutting down (not the job's fault)."""
+    job = claim.job
+    attempts = F("attempts") if count_attempt else F("attempts") - 1
+    with transaction.atomic():
+        updated = InferenceJob.objects.filter(InferenceJob.held(attempt=claim.attempt), pk=job.pk).update(
+            state=InferenceJob.State.QUEUED, attempts=attempts, last_error=error, updated_at=timezone.now()
+        )
+        if updated:
+            Message.objects.filter(pk=job.message_id).update(status=Message.Status.QUEUED)
+            event_record(
+                conversation_id=claim.conversation_id,
+                kind=ConversationEvent.Kind.INFERENCE_RETRYING,
+                correlation_id=job.correlation_id,
+                message_id=job.message_id,
+                payload={"job_id": job.pk, "attempt": claim.attempt, "error": error},
+            )
+
+
+def job_fail(*, job_id: int, error: str, attempt: int | None = None) -> bool:
+    """Mark the job and its reply failed for good, and tell the clients.
+
+    With ``attempt``, only if the job still belongs to that attempt. Returns
+    False if the job was already final (or superseded, or deleted).
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        jobs = InferenceJob.objects.filter(pk=job_id).exclude(state__in=InferenceJob.FINAL_STATES)
+        if attempt is not None:
+            jobs = jobs.filter(attempts=attempt)
+        if not jobs.update(
+            state=InferenceJob.State.FAILED, last_error=error, finished_at=now, updated_at=now
+        ):
+            return False
+        job = InferenceJob.objects.select_related("message").get(pk=job_id)
+        Message.objects.filter(pk=job.message_id).update(
+            status=Message.Status.FAILED, error=error, finished_at=now
+        )
+        event_record(
+            conversation_id=job.message.conversation_id,
+            kind=ConversationEvent.Kind.INFERENCE_FAILED,
+            correlation_id=job.correlation_id,
+            message_id=job.message_id,
+            payload={"job_id": job.pk, "attempts": job.attempts, "error": error},
+        )
+    logger.warning("job %s failed: %s", job_id, error)
+    _push_stored(job, {"event": "failed", "message_id": job.message_id, "error": error})
+    return True
+
+
+def job_cancel_queued(*, job_id: int) -> bool:
+    """Cancel a job that has not started (its cancel was asked while it was queued, or its
+    delivery found ``cancel_requested``). False if it is not queued."""
+    now = timezone.now()
+    with transaction.atomic():
+        updated = InferenceJob.objects.filter(pk=job_id, state=InferenceJob.State.QUEUED).update(
+            state=InferenceJob.State.CANCELLED, finished_at=now, updated_at=now
+        )
+        if not updated:
+            return False
+        job = InferenceJob.objects.select_related("message").get(pk=job_id)
+        Message.objects.filter(pk=job.message_id).update(status=Message.Status.CANCELLED, finished_at=now)
+        event_record(
+            conversation_id=job.message.conversation_id,
+            kind=ConversationEvent.Kind.INFERENCE_CANCELLED,
+            correlation_id=job.correlation_id,
+            message_id=job.message_id,
+            payload={"job_id": job.pk, "while": "queued"},
+        )
+    _push_stored(job, {"event": "cancelled", "message_id": job.message_id, "content": ""})
+    return True
+
+
+def _push_stored(job: InferenceJob, event: StreamEvent) -> None:
+    """Tell the clients of a change already committed. If Redis cannot take the event the
+    change stands: clients see it on their next read of the job or conversation."""
+    try:
+        push_event(job.message.conversation_id, event)
+    except (redis.exceptions.RedisError, OSError, DatabaseError):
+        logger.exception("could not push the %s event of job %s", event["event"], job.pk)
