@@ -1,4 +1,8 @@
-"""Appending to a conversation's event log (the only writer of ConversationEvent)."""
+"""Appending to a conversation's event log.
+
+Every write of an event goes through here, except the one-statement paths
+of ``conversations.storage``, which insert the same rows in SQL.
+"""
 
 from __future__ import annotations
 

@@ -12,7 +12,6 @@ from inference import registry
 from llmproject.exceptions import InvalidInput
 
 MAX_STOP_SEQUENCES = 4
-MAX_PRIORITY = 9
 
 
 def resolve_model(name: str | None) -> registry.ModelSpec:

@@ -167,10 +167,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
 }
-# A user message longer than this is refused with a 400.
 # A web process remembers a valid API key this long: a revoked key (or a
 # deactivated user) is refused by every process within this time. 0: no cache.
 API_KEY_CACHE_SECONDS = env.float("API_KEY_CACHE_SECONDS", default=10)
+# A user message longer than this is refused with a 400.
 LLM_MAX_MESSAGE_CHARS = env.int("LLM_MAX_MESSAGE_CHARS", default=32_000)
 
 # --- Channels ---------------------------------------------------------------
@@ -178,9 +178,10 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            # redis-py 8 reads with a 5 s socket timeout by default, the same as
-            # channels-redis's 5 s BZPOPMIN: an idle consumer's read could time
-            # out just before the server answers, killing the WebSocket.
+            # Reads time out (a half-open connection must not hang a consumer
+            # forever), well above channels-redis's own 5 s BZPOPMIN, so an idle
+            # consumer's blocking read is never cut short (redis-py 8's default
+            # of 5 s did that, killing the WebSocket).
             "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
             "prefix": "llm:channels:",
             # group_send silently drops messages for a channel holding
@@ -206,7 +207,8 @@ LLM_STREAM_FLUSH_TOKENS = env.int("LLM_STREAM_FLUSH_TOKENS", default=16)
 
 # --- Celery -----------------------------------------------------------------
 # Longest a generation may run; the worker aborts it after this. The threads
-# pool has no time limits of its own, so the worker enforces it around each generation (workers.generation).
+# pool has no time limits of its own: the worker enforces it around each
+# generation (workers.generation).
 LLM_JOB_TIME_LIMIT = env.int("LLM_JOB_TIME_LIMIT", default=600)
 # An unacked message is redelivered after the visibility timeout: it must be
 # longer than the longest job or a running job gets delivered twice.

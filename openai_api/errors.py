@@ -67,7 +67,3 @@ def application_error_response(exc: ApplicationError) -> JsonResponse:
     return error_response(
         exc.message, status=status_of(exc), param=exc.field, code=exc.code, retry_after=exc.retry_after
     )
-
-
-def application_error_body(exc: ApplicationError) -> dict[str, Any]:
-    return error_body(exc.message, status=status_of(exc), param=exc.field, code=exc.code)

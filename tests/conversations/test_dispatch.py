@@ -41,3 +41,19 @@ def test_when_the_broker_is_down_the_post_is_a_503_and_nothing_is_lost(api_user,
     )
     assert InferenceJob.objects.get(message=reply).state == "failed"
     assert ConversationEvent.objects.filter(message=reply, kind="inference_failed").exists()
+
+
+def test_a_cancel_stands_when_redis_cannot_take_its_event(api_user, settings):
+    # "spare" has no worker: the job stays queued until cancelled.
+    conversation = ConversationFactory(owner=api_user.user, model="spare")
+    client = api_user.client()
+    posted = client.post(f"/api/conversations/{conversation.pk}/messages/", {"content": "hello?"}).json()
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # the stream store is gone; nothing listens there
+
+    response = client.post(f"/api/jobs/{posted['job']['id']}/cancel/")
+
+    assert response.status_code == 202
+    assert response.json()["state"] == "cancelled"
+    reply = Message.objects.get(pk=posted["assistant_message"]["id"])
+    assert reply.status == "cancelled"
+    assert ConversationEvent.objects.filter(message=reply, kind="inference_cancelled").exists()

@@ -9,6 +9,8 @@ import sys
 
 import psutil
 import pytest
+from django.conf import settings
+from django.core.management import call_command
 from django.test import override_settings
 
 from tests.conftest import ROOT, worker_env
@@ -66,3 +68,32 @@ def test_a_worker_leads_its_own_process_group_in_the_launchers_session(echo_work
     (worker,) = launcher.children()
     assert os.getpgid(worker.pid) == worker.pid != os.getpgid(launcher.pid)
     assert os.getsid(worker.pid) == os.getsid(launcher.pid)
+
+
+@pytest.mark.vllm
+def test_a_worker_of_a_two_gpu_group_runs_vllm_tensor_parallel_across_both():
+    from vllm import AsyncEngineArgs
+
+    from inference.engines.vllm_engine import VLLMEngine
+    from workers.signals import worker_model_spec
+
+    tiny = settings.LLM_MODELS["tiny"]
+    call_command("create_tiny_model", path=tiny["options"]["model"])
+    models = {
+        "pair": {**tiny, "gpus": [[0, 1]]},
+        "single": {**tiny, "gpus": [[2], [3]]},
+        "pinned": {**tiny, "options": {**tiny["options"], "tensor_parallel_size": 1}, "gpus": [[4, 5]]},
+    }
+
+    def engine_args(name: str) -> dict[str, object]:
+        with override_settings(LLM_MODELS=models):
+            [first, *_] = worker_specs([name])
+            spec = worker_model_spec(first.env({}))
+        assert spec is not None
+        return VLLMEngine(model=spec.name, options=spec.engine_options)._engine_kwargs(AsyncEngineArgs)
+
+    assert engine_args("pair")["tensor_parallel_size"] == 2
+    assert engine_args("single").get("tensor_parallel_size", 1) == 1
+    # The registry's own choice wins over the group's size.
+    assert engine_args("pinned")["tensor_parallel_size"] == 1
+    AsyncEngineArgs(**engine_args("pair"))  # vLLM takes them as they are
