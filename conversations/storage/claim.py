@@ -84,8 +84,8 @@ def claim_orm(*, job_id: int, worker: str, now: datetime, stale_before: datetime
 
 
 def claim_sql(*, job_id: int, worker: str, now: datetime, stale_before: datetime) -> Claim | None:
-    claimable, claimable_params = where(InferenceJob, InferenceJob.claimable(stale_before=stale_before))
-    in_history, in_history_params = where(Message, Message.in_history())
+    claimable, claimable_params = where(InferenceJob, InferenceJob.claimable, stale_before=stale_before)
+    in_history, in_history_params = where(Message, Message.in_history)
     job, msg, ev = table(InferenceJob), table(Message), table(ConversationEvent)
     sql = f"""
     WITH claimed AS (

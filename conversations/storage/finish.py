@@ -93,7 +93,7 @@ def finish_sql(
     event_payload: dict[str, Any],
     now: datetime,
 ) -> bool:
-    held, held_params = where(InferenceJob, InferenceJob.held(attempt=attempt))
+    held, held_params = where(InferenceJob, InferenceJob.held, attempt=attempt)
     quote = connection.ops.quote_name
     columns = ", ".join(f"{quote(name)} = %s" for name in reply)
     sql = f"""

@@ -280,3 +280,17 @@ def test_a_chat_completions_rows_are_the_same_either_way():
     assert [m["role"] for m in snapshots[0]["messages"]] == ["system", "user", "assistant"]
     assert [e["kind"] for e in snapshots[0]["events"]] == ["user_query_received", "inference_queued"]
     assert [e["message_index"] for e in snapshots[0]["events"]] == [1, 2]
+
+
+def test_a_rule_compiled_once_takes_each_calls_values():
+    from conversations.storage import _compile, where
+
+    for stale in (timezone.now(), timezone.now() - timedelta(days=3)):
+        assert where(InferenceJob, InferenceJob.claimable, stale_before=stale) == _compile(
+            InferenceJob, InferenceJob.claimable(stale_before=stale)
+        )
+    for attempt in (1, 2, 7):
+        assert where(InferenceJob, InferenceJob.held, attempt=attempt) == _compile(
+            InferenceJob, InferenceJob.held(attempt=attempt)
+        )
+    assert where(Message, Message.in_history) == _compile(Message, Message.in_history())
