@@ -43,6 +43,22 @@ class Message(TimestampedModel):
     HISTORY_EXCLUDED_STATUSES = (Status.FAILED, Status.QUEUED, Status.STREAMING)
 
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    # A conversation is a tree: each message answers or follows its parent (None for the
+    # first). A regenerated answer is a sibling of the old one, an edited message a sibling
+    # of the message it replaces; a branch is a message with all its ancestors
+    # (conversations.branches), and a reply's history is its own branch. No foreign key
+    # constraint in the database: its check (a trigger per inserted row) cost the OpenAI
+    # API's one-statement insert about 30 us per message, 250 us for a request of eight
+    # (bench/chat_insert_cost.py); a parent is always a message of the same conversation,
+    # set by this code, and deleting one deletes its children (on_delete, in Django).
+    parent = models.ForeignKey(
+        "self",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="children",
+        db_constraint=False,
+    )
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField(blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETED)
@@ -65,7 +81,8 @@ class Message(TimestampedModel):
 
     @classmethod
     def in_history(cls) -> models.Q:
-        """The messages a model sees of a conversation's past (with ``id`` before the reply)."""
+        """Which of a reply's ancestors the model sees (its branch, less failed and unfinished
+        replies)."""
         return ~models.Q(role=cls.Role.ASSISTANT, status__in=cls.HISTORY_EXCLUDED_STATUSES)
 
 

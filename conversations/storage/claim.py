@@ -4,7 +4,10 @@ streaming, ``inference_started`` logged, and the history the model will see.
 The ORM path is a transaction of five statements; the PostgreSQL path is one
 (it was the largest CPU cost per request of a busy worker). Both take a job
 only under ``InferenceJob.claimable`` and read the history under
-``Message.in_history``.
+``Message.in_history``: the reply's ancestors (its branch,
+``conversations.branches``) that the rule keeps, oldest first. The ORM path
+reads the conversation's earlier messages in one query and walks up their
+parents in Python; the SQL path walks up with a recursive CTE.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import BooleanField, ExpressionWrapper, F
 
+from conversations.branches import ancestry
 from conversations.eventlog import event_record
 from conversations.models import ConversationEvent, InferenceJob, Message
 from conversations.storage import on_postgresql, table, where
@@ -70,16 +74,18 @@ def claim_orm(*, job_id: int, worker: str, now: datetime, stale_before: datetime
             message_id=job.message_id,
             payload={"job_id": job.pk, "attempt": job.attempts, "worker": worker},
         )
-        history = (
-            Message.objects.filter(Message.in_history(), conversation_id=job.message.conversation_id)
-            .filter(pk__lt=job.message_id)
-            .order_by("id")
-            .values_list("role", "content")
+        # Ancestors have lower ids than their descendants.
+        earlier = (
+            Message.objects.filter(conversation_id=job.message.conversation_id, pk__lt=job.message_id)
+            .annotate(seen=ExpressionWrapper(Message.in_history(), output_field=BooleanField()))
+            .values_list("id", "parent_id", "role", "content", "seen")
         )
+        rows = {row[0]: row for row in earlier}
+        branch = ancestry({pk: row[1] for pk, row in rows.items()}, job.message.parent_id)
         return Claim(
             job=job,
             attempt=job.attempts,
-            history=tuple(ChatMessage(role=role, content=content) for role, content in history),
+            history=tuple(ChatMessage(role=rows[pk][2], content=rows[pk][3]) for pk in branch if rows[pk][4]),
         )
 
 
@@ -88,27 +94,31 @@ def claim_sql(*, job_id: int, worker: str, now: datetime, stale_before: datetime
     in_history, in_history_params = where(Message, Message.in_history)
     job, msg, ev = table(InferenceJob), table(Message), table(ConversationEvent)
     sql = f"""
-    WITH claimed AS (
+    WITH RECURSIVE claimed AS (
         UPDATE {job} SET state = %s, attempts = attempts + 1, worker = %s, started_at = %s, updated_at = %s
         WHERE id = %s AND {claimable}
         RETURNING id, message_id, model, params, attempts, max_attempts, correlation_id, priority, queue
     ), reply AS (
         UPDATE {msg} AS m SET status = %s, started_at = %s, content = '', error = ''
         FROM claimed WHERE m.id = claimed.message_id
-        RETURNING m.id, m.conversation_id, m.queued_at, m.model
+        RETURNING m.id, m.conversation_id, m.queued_at, m.model, m.parent_id
     ), logged AS (
         INSERT INTO {ev} (conversation_id, message_id, kind, correlation_id, payload, created_at)
         SELECT reply.conversation_id, reply.id, %s, claimed.correlation_id,
                jsonb_build_object('job_id', claimed.id, 'attempt', claimed.attempts, 'worker', %s::text),
                %s
         FROM claimed JOIN reply ON reply.id = claimed.message_id
+    ), branch AS (
+        SELECT id, parent_id FROM {msg} WHERE id = (SELECT parent_id FROM reply)
+        UNION ALL
+        SELECT m.id, m.parent_id FROM {msg} AS m JOIN branch ON m.id = branch.parent_id
     )
     SELECT claimed.id, claimed.message_id, claimed.model, claimed.params, claimed.attempts,
            claimed.max_attempts, claimed.correlation_id, claimed.priority, claimed.queue,
            reply.conversation_id, reply.queued_at, reply.model,
            (SELECT coalesce(json_agg(json_build_array(role, content) ORDER BY id), '[]')
             FROM {msg}
-            WHERE conversation_id = reply.conversation_id AND id < reply.id AND {in_history})
+            WHERE id IN (SELECT id FROM branch) AND {in_history})
     FROM claimed JOIN reply ON reply.id = claimed.message_id
     """
     params = [

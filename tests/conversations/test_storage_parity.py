@@ -25,7 +25,17 @@ pytestmark = [
 
 # Columns that differ between two otherwise equal rows: keys, and times set by the
 # database or at build time rather than by the state change.
-_VOLATILE = {"id", "conversation", "conversation_id", "message", "message_id", "owner", "owner_id"}
+_VOLATILE = {
+    "id",
+    "conversation",
+    "conversation_id",
+    "message",
+    "message_id",
+    "owner",
+    "owner_id",
+    "parent",
+    "parent_id",
+}
 _VOLATILE_TIMES = {"created_at", "updated_at", "queued_at"}
 
 
@@ -39,9 +49,10 @@ def _snapshot(conversation: Conversation, *, job_times: bool = True) -> dict[str
     without the time its job was last written)."""
     conversation.refresh_from_db()
     messages = list(Message.objects.filter(conversation=conversation).order_by("id"))
+    index = {m.pk: i for i, m in enumerate(messages)}
     return {
         "conversation": _row(conversation, times=False),
-        "messages": [_row(m, times=False) for m in messages],
+        "messages": [{**_row(m, times=False), "parent_index": index.get(m.parent_id)} for m in messages],
         "jobs": [
             {**_row(j, times=False), **({"updated_at": j.updated_at} if job_times else {})}
             for j in InferenceJob.objects.filter(message__conversation=conversation).order_by("id")
@@ -58,19 +69,39 @@ def _snapshot(conversation: Conversation, *, job_times: bool = True) -> dict[str
 
 
 def _queued_conversation(*, owner: Any, correlation_id: uuid.UUID, **job: Any) -> Conversation:
-    """A conversation with a history (a failed reply among it) and a queued reply with its job."""
+    """A conversation with two branches and a queued reply with its job on one of them::
+
+        be brief > first question > first answer > second question > (failed) > third question > reply
+                                                 > second question, edited > another branch's answer
+
+    The other branch's messages were written before the reply's last ones (lower ids).
+    """
     conversation = ConversationFactory(owner=owner, title="same")
-    for role, content, status in [
-        ("system", "be brief", "completed"),
-        ("user", "first question", "completed"),
-        ("assistant", "first answer", "completed"),
-        ("user", "second question", "completed"),
-        ("assistant", "", "failed"),
-        ("user", "third question", "completed"),
+    made: dict[str, Message] = {}
+    for role, content, status, parent in [
+        ("system", "be brief", "completed", None),
+        ("user", "first question", "completed", "be brief"),
+        ("assistant", "first answer", "completed", "first question"),
+        ("user", "second question", "completed", "first answer"),
+        ("assistant", "", "failed", "second question"),
+        ("user", "second question, edited", "completed", "first answer"),
+        ("assistant", "another branch's answer", "completed", "second question, edited"),
+        ("user", "third question", "completed", ""),
     ]:
-        Message.objects.create(conversation=conversation, role=role, content=content, status=status)
+        made[content] = Message.objects.create(
+            conversation=conversation,
+            role=role,
+            content=content,
+            status=status,
+            parent=made[parent] if parent is not None else None,
+        )
     reply = Message.objects.create(
-        conversation=conversation, role="assistant", status="queued", model="echo", queued_at=timezone.now()
+        conversation=conversation,
+        role="assistant",
+        status="queued",
+        model="echo",
+        queued_at=timezone.now(),
+        parent=made["third question"],
     )
     InferenceJob.objects.create(
         message=reply,
@@ -105,7 +136,7 @@ def test_a_claim_leaves_the_same_rows_and_reads_the_same_history_either_way():
     assert claim_a is not None and claim_b is not None
     assert claim_a.attempt == claim_b.attempt == 1
     assert claim_a.history == claim_b.history
-    # The failed reply is left out of what the model sees.
+    # The reply's branch, less its failed reply: not the other branch, written before it.
     assert [m.content for m in claim_a.history] == [
         "be brief",
         "first question",
@@ -280,6 +311,11 @@ def test_a_chat_completions_rows_are_the_same_either_way():
     assert [m["role"] for m in snapshots[0]["messages"]] == ["system", "user", "assistant"]
     assert [e["kind"] for e in snapshots[0]["events"]] == ["user_query_received", "inference_queued"]
     assert [e["message_index"] for e in snapshots[0]["events"]] == [1, 2]
+    # A chain: each message's parent is the one before it.
+    assert [m["parent_index"] for m in snapshots[0]["messages"]] == [None, 0, 1]
+    for objects in (via_orm, via_sql):
+        messages = objects["messages"]
+        assert [m.parent_id for m in messages] == [None, messages[0].pk, messages[1].pk]
 
 
 def test_a_rule_compiled_once_takes_each_calls_values():
