@@ -37,6 +37,15 @@ def api_key_create(*, user: AbstractBaseUser, name: str = "") -> tuple[ApiKey, s
     return key, raw
 
 
+def api_key_revoke(*, key: ApiKey) -> ApiKey:
+    """Revoke ``key`` (again: no change). This process refuses it at once; other web
+    processes within ``API_KEY_CACHE_SECONDS``, as they may have it cached."""
+    ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    _key_cache.drop(key.key_hash)
+    key.refresh_from_db(fields=["revoked_at"])
+    return key
+
+
 class _KeyCache:
     """Valid keys seen lately (by hash), each for ``API_KEY_CACHE_SECONDS``: most requests
     then need no database round trip to authenticate. Unknown keys are never kept."""
@@ -65,6 +74,10 @@ class _KeyCache:
             self._entries.move_to_end(digest)
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
+
+    def drop(self, digest: str) -> None:
+        with self._lock:
+            self._entries.pop(digest, None)
 
     def clear(self) -> None:
         with self._lock:

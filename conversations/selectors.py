@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
-from conversations.models import Conversation, InferenceJob, Message
-from llmproject.exceptions import NotFound
+from conversations.branches import ancestry
+from conversations.models import ApiKey, Conversation, InferenceJob, Message
+from llmproject.exceptions import InvalidInput, NotFound
 
 
-def conversation_list(*, owner: AbstractBaseUser) -> QuerySet[Conversation]:
-    return Conversation.objects.filter(owner=owner)
+def conversation_list(*, owner: AbstractBaseUser, search: str = "") -> QuerySet[Conversation]:
+    """The owner's conversations, newest first; with ``search``, those whose title or any
+    message contains it (case-insensitive).
+
+    The search scans the owner's messages (no text index): fine for a person's
+    conversations, not meant for millions of messages.
+    """
+    conversations = Conversation.objects.filter(owner=owner)
+    search = search.strip()
+    if search:
+        mentioned = Message.objects.filter(conversation=OuterRef("pk"), content__icontains=search)
+        conversations = conversations.filter(Q(title__icontains=search) | Exists(mentioned))
+    return conversations
 
 
 def conversation_get(*, owner: AbstractBaseUser, conversation_id: int) -> Conversation:
@@ -26,7 +38,25 @@ def conversation_owned(*, owner_id: int, conversation_id: int) -> bool:
 
 
 def message_list(*, conversation: Conversation) -> QuerySet[Message]:
+    """Every message of the conversation, every branch, oldest first."""
     return conversation.messages.select_related("job").order_by("id")
+
+
+def message_get(*, conversation: Conversation, message_id: int, field: str | None = None) -> Message:
+    """A message of the conversation. Missing: ``NotFound``, or, when ``field`` names the
+    request field that gave the id, ``InvalidInput`` about that field."""
+    message = conversation.messages.filter(pk=message_id).first()
+    if message is None:
+        text = f"message {message_id} not found in conversation {conversation.pk}"
+        raise InvalidInput(text, field=field) if field else NotFound(text)
+    return message
+
+
+def message_branch(*, conversation: Conversation, leaf: Message) -> QuerySet[Message]:
+    """``leaf`` and its ancestors, oldest first: one branch of the conversation, as a
+    reader sees it and as a reply's model is given it."""
+    parent_of = dict(conversation.messages.filter(pk__lte=leaf.pk).values_list("id", "parent_id"))
+    return message_list(conversation=conversation).filter(pk__in=ancestry(parent_of, leaf.pk))
 
 
 def job_get(*, owner: AbstractBaseUser, job_id: int) -> InferenceJob:
@@ -38,6 +68,35 @@ def job_get(*, owner: AbstractBaseUser, job_id: int) -> InferenceJob:
     if job is None:
         raise NotFound(f"job {job_id} not found")
     return job
+
+
+def job_queue_position(*, job: InferenceJob) -> int | None:
+    """Where a queued job stands in its model's queue: 1 + the queued jobs of that model a
+    worker takes before it (higher priority, or the same and older), as the broker orders
+    them. None once it is no longer queued. Jobs already running are not counted: 1 means
+    "next, as soon as a worker has a free slot".
+
+    One count over the queued jobs (``state`` is indexed), not a read of the broker's
+    lists, which cannot say where one message sits without reading them whole.
+    """
+    if job.state != InferenceJob.State.QUEUED:
+        return None
+    ahead = InferenceJob.objects.filter(model=job.model, state=InferenceJob.State.QUEUED).filter(
+        Q(priority__gt=job.priority) | Q(priority=job.priority, pk__lt=job.pk)
+    )
+    return ahead.count() + 1
+
+
+def api_key_list(*, user: AbstractBaseUser) -> QuerySet[ApiKey]:
+    """The user's API keys, revoked ones too, newest first."""
+    return ApiKey.objects.filter(user=user).order_by("-created_at", "-id")
+
+
+def api_key_get(*, user: AbstractBaseUser, key_id: int) -> ApiKey:
+    key = ApiKey.objects.filter(user=user, pk=key_id).first()
+    if key is None:
+        raise NotFound(f"API key {key_id} not found")
+    return key
 
 
 def job_get_for_message(*, owner_id: int, conversation_id: int, message_id: int) -> InferenceJob:

@@ -5,11 +5,19 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from conversations.models import Conversation, InferenceJob, Message
+from conversations.selectors import job_queue_position
 
 
 class JobOutputSerializer(serializers.ModelSerializer):
     message_id = serializers.IntegerField(read_only=True)
     conversation_id = serializers.IntegerField(source="message.conversation_id", read_only=True)
+    queue_position = serializers.SerializerMethodField(
+        help_text=(
+            "While queued: 1 + the jobs of the same model that a worker takes before this one "
+            "(higher priority, or the same and older); running jobs are not counted. null once "
+            "it has started."
+        )
+    )
 
     class Meta:
         model = InferenceJob
@@ -20,6 +28,7 @@ class JobOutputSerializer(serializers.ModelSerializer):
             "model",
             "queue",
             "state",
+            "queue_position",
             "attempts",
             "max_attempts",
             "priority",
@@ -33,6 +42,9 @@ class JobOutputSerializer(serializers.ModelSerializer):
             "finished_at",
         ]
         read_only_fields = fields
+
+    def get_queue_position(self, obj: InferenceJob) -> int | None:
+        return job_queue_position(job=obj)
 
 
 def websocket_path(conversation_id: int) -> str:
@@ -52,6 +64,11 @@ class ConversationOutputSerializer(serializers.ModelSerializer):
 
 class MessageOutputSerializer(serializers.ModelSerializer):
     conversation_id = serializers.IntegerField(read_only=True)
+    parent_id = serializers.IntegerField(
+        read_only=True,
+        allow_null=True,
+        help_text="The message this one follows (null: the first of its branch). Siblings share it.",
+    )
     job_id = serializers.SerializerMethodField()
 
     class Meta:
@@ -59,6 +76,7 @@ class MessageOutputSerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "conversation_id",
+            "parent_id",
             "role",
             "content",
             "status",

@@ -6,7 +6,7 @@ import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Literal
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
@@ -21,6 +21,9 @@ from inference.registry import ModelSpec
 from llmproject.exceptions import InvalidInput
 
 TITLE_LENGTH = 60
+# A message posted with ``parent=LATEST`` follows the conversation's latest message (a
+# client that knows nothing of branches sees one line, as before they existed).
+LATEST: Final = "latest"
 
 
 def conversation_create(
@@ -61,24 +64,41 @@ def message_post(
     *,
     conversation: Conversation,
     content: str,
+    parent: Message | Literal["latest"] | None = LATEST,
     model: str | None = None,
     params: dict[str, Any] | None = None,
     priority: int = 5,
 ) -> PostedMessage:
     """Store a user message and a queued assistant reply, and queue its job.
 
+    The message follows ``parent`` (a message of the conversation; None: it starts
+    the conversation anew; ``LATEST``: the conversation's latest message). Editing a
+    message is posting its new text with the old one's parent: the two are
+    siblings, each with its own answers. The reply's history is the message's
+    branch.
+
     All rows are written in one transaction; the job is published to its
     model's queue only once that transaction has committed (a worker must
     never pick up a job it cannot read yet). If the queue cannot be reached,
     the job and reply are marked failed and ``ServiceUnavailable`` is raised.
     """
+    if isinstance(parent, Message) and parent.conversation_id != conversation.pk:
+        raise InvalidInput(f"message {parent.pk} is not in this conversation", field="parent")
     spec = inference_params.resolve_model(model or conversation.model)
     sampling = inference_params.sampling_params(spec, params or {})
     inference_params.check_fits(spec, content, sampling["max_tokens"])
     correlation_id = uuid.uuid4()
     with transaction.atomic():
+        if parent == LATEST:
+            parent_id = conversation.messages.order_by("-id").values_list("id", flat=True).first()
+        else:
+            parent_id = parent.pk if isinstance(parent, Message) else None
         user_message = Message.objects.create(
-            conversation=conversation, role=Message.Role.USER, content=_storable(content), model=spec.name
+            conversation=conversation,
+            parent_id=parent_id,
+            role=Message.Role.USER,
+            content=_storable(content),
+            model=spec.name,
         )
         event_record(
             conversation_id=conversation.pk,
@@ -89,6 +109,7 @@ def message_post(
         )
         assistant_message, job = _reply_queue(
             conversation=conversation,
+            parent_id=user_message.pk,
             spec=spec,
             sampling=sampling,
             priority=priority,
@@ -100,6 +121,50 @@ def message_post(
             update_fields.append("title")
         conversation.save(update_fields=update_fields)
     return PostedMessage(user_message=user_message, assistant_message=assistant_message, job=job)
+
+
+@dataclass(frozen=True, slots=True)
+class RegeneratedReply:
+    assistant_message: Message
+    job: InferenceJob
+
+
+def message_regenerate(
+    *,
+    reply: Message,
+    model: str | None = None,
+    params: dict[str, Any] | None = None,
+    priority: int = 5,
+) -> RegeneratedReply:
+    """Answer again the message ``reply`` answers: a new queued reply, a sibling of
+    ``reply`` (same parent, same history), with its job. ``reply`` stays as it is (if
+    it is still being generated, it goes on).
+
+    Raises ``InvalidInput`` if ``reply`` is not an assistant's message. Published
+    after commit, as in ``message_post``.
+    """
+    if reply.role != Message.Role.ASSISTANT:
+        raise InvalidInput(
+            f"message {reply.pk} is a {reply.role} message; only answers can be regenerated",
+            code="not_an_answer",
+        )
+    conversation = reply.conversation
+    spec = inference_params.resolve_model(model or conversation.model)
+    sampling = inference_params.sampling_params(spec, params or {})
+    question = reply.parent
+    if question is not None and question.role == Message.Role.USER:
+        inference_params.check_fits(spec, question.content, sampling["max_tokens"])
+    with transaction.atomic():
+        assistant_message, job = _reply_queue(
+            conversation=conversation,
+            parent_id=reply.parent_id,
+            spec=spec,
+            sampling=sampling,
+            priority=priority,
+            correlation_id=uuid.uuid4(),
+        )
+        conversation.save(update_fields=["updated_at"])
+    return RegeneratedReply(assistant_message=assistant_message, job=job)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +245,7 @@ def _title(content: str) -> str:
 def _reply_and_job(
     *,
     conversation: Conversation,
+    parent_id: int | None = None,
     spec: ModelSpec,
     sampling: dict[str, Any],
     priority: int,
@@ -188,6 +254,7 @@ def _reply_and_job(
     """The queued assistant reply and its job (neither stored yet)."""
     reply = Message(
         conversation=conversation,
+        parent_id=parent_id,
         role=Message.Role.ASSISTANT,
         status=Message.Status.QUEUED,
         model=spec.name,
@@ -214,6 +281,7 @@ def _queued_event(
 def _reply_queue(
     *,
     conversation: Conversation,
+    parent_id: int | None,
     spec: ModelSpec,
     sampling: dict[str, Any],
     priority: int,
@@ -223,6 +291,7 @@ def _reply_queue(
     and the job's publication once the transaction commits."""
     assistant_message, job = _reply_and_job(
         conversation=conversation,
+        parent_id=parent_id,
         spec=spec,
         sampling=sampling,
         priority=priority,

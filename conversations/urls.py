@@ -16,6 +16,11 @@ urlpatterns = [
         apis.MessageListCreateApi.as_view(),
         name="message-list",
     ),
+    path(
+        "conversations/<int:conversation_id>/messages/<int:message_id>/regenerate/",
+        apis.MessageRegenerateApi.as_view(),
+        name="message-regenerate",
+    ),
     path("jobs/<int:job_id>/", apis.JobDetailApi.as_view(), name="job-detail"),
     path("jobs/<int:job_id>/cancel/", apis.JobCancelApi.as_view(), name="job-cancel"),
     path("models/", apis.ModelListApi.as_view(), name="model-list"),

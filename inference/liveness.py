@@ -11,12 +11,16 @@ cost a broadcast round trip and a timeout on every request.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
+import redis.exceptions
 from django.conf import settings
 
 from llmproject.redis_client import redis_client
+
+logger = logging.getLogger(__name__)
 
 
 def heartbeat_key(model: str) -> str:
@@ -27,6 +31,20 @@ def heartbeat_key(model: str) -> str:
 async def workers_alive(*, model: str) -> int:
     """How many workers of ``model`` have beaten within the TTL."""
     return int(await redis_client().zcount(*_alive_range(model)))
+
+
+async def workers_alive_by_model(*, models: list[str]) -> dict[str, int]:
+    """``workers_alive`` of each of ``models``, in one round trip; empty when Redis cannot
+    say (the caller shows "unknown": this is for display, not admission)."""
+    try:
+        async with redis_client().pipeline(transaction=False) as pipe:
+            for model in models:
+                queue_workers_alive(pipe, model=model)
+            counts = await pipe.execute()
+    except (redis.exceptions.RedisError, OSError) as exc:
+        logger.warning("could not read the workers' heartbeats: %s", exc)
+        return {}
+    return {model: int(count) for model, count in zip(models, counts, strict=True)}
 
 
 def queue_workers_alive(pipe: Any, *, model: str) -> None:
