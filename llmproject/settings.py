@@ -40,6 +40,7 @@ INSTALLED_APPS = [
     "inference",
     "openai_api",
     "workers",
+    "chat",
 ]
 
 MIDDLEWARE = [
@@ -82,7 +83,12 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-LOGIN_URL = "/admin/login/"
+
+# --- Browser chat -----------------------------------------------------------
+# People log in on the chat's own pages (the admin keeps its login at /admin/login/).
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
 
 # --- Database ---------------------------------------------------------------
 # PostgreSQL when DATABASE_URL says so; otherwise an embedded SQLite file.

@@ -10,4 +10,6 @@ urlpatterns = [
     path("v1/", include("openai_api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    # The browser chat (its pages, the login and the API keys page), last: it owns "/".
+    path("", include("chat.urls")),
 ]

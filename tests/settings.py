@@ -50,6 +50,16 @@ TEST_MODELS = {
         "options": {"max_num_seqs": 64, "step_time": 0.01, "step_time_per_seq": 0.0002},
         "gpus": [],
     },
+    # Slow enough to watch an answer stream in (tests/browser): 16 to 48 tokens of
+    # 0.1 s each, every token its own delta.
+    "slow": {
+        "engine": "simulated",
+        "description": "simulated engine, one token every 0.1 s",
+        "max_model_len": 4096,
+        "default_max_tokens": 48,
+        "options": {"max_num_seqs": 8, "step_time": 0.1, "step_time_per_seq": 0.0},
+        "gpus": [],
+    },
     # No worker serves "spare" unless a test starts one: its jobs wait in the queue.
     "spare": {
         "engine": "simulated",

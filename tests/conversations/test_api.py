@@ -170,9 +170,9 @@ def test_messages_are_paginated_oldest_first(api_user):
 
 def test_models_are_listed_from_the_registry(api_user):
     models = api_user.client().get("/api/models/").json()
-    assert [m["name"] for m in models] == ["echo", "spare", "tiny"]
+    assert [m["name"] for m in models] == ["echo", "slow", "spare", "tiny"]
     assert models[0]["queue"] == "llm.echo"
-    assert models[2]["engine"] == "vllm"
+    assert models[3]["engine"] == "vllm"
 
 
 def test_the_openapi_schema_is_served(client):

@@ -30,8 +30,8 @@ def free_port() -> int:
 class ServerProcess:
     """``uvicorn llmproject.asgi:application`` in a subprocess, with its log in a file."""
 
-    def __init__(self, log_path: Path, **env: str) -> None:
-        self.port = free_port()
+    def __init__(self, log_path: Path, *, port: int | None = None, **env: str) -> None:
+        self.port = port or free_port()
         self.log_path = log_path
         self.log = log_path.open("wb")
         self.proc = subprocess.Popen(
@@ -54,8 +54,12 @@ class ServerProcess:
         )
 
     @property
+    def root_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{self.root_url}/v1"
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -84,9 +88,11 @@ class ServerProcess:
         self.log.close()
 
 
-def start_server(django_db_blocker: Any, log_path: Path, **env: str) -> ServerProcess:
+def start_server(
+    django_db_blocker: Any, log_path: Path, *, port: int | None = None, **env: str
+) -> ServerProcess:
     with django_db_blocker.unblock():
-        server = ServerProcess(log_path, **env)
+        server = ServerProcess(log_path, port=port, **env)
     try:
         server.wait_ready()
     except BaseException:

@@ -41,7 +41,7 @@ def job_of(completion_id: str) -> InferenceJob:
 
 def test_models_lists_the_registry(client):
     models = client.models.list()
-    assert {m.id for m in models.data} == {"echo", "spare", "tiny"}
+    assert {m.id for m in models.data} == {"echo", "slow", "spare", "tiny"}
     assert all(m.object == "model" for m in models.data)
 
 
