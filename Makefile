@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 REQS := requirements.txt requirements-dev.txt requirements-cpu.txt
 STAMP := $(VENV)/.installed-$(shell cat $(REQS) | sha1sum | cut -c1-12)
 
-.PHONY: run test lint format install clean
+.PHONY: run test lint format install clean browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,19 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 # SQLite unless DATABASE_URL is set (.ci/run points it at PostgreSQL).
-test: lint
+test: lint browser
 	REDIS_URL="$$(scripts/ensure-redis.sh)" $(PY) -m pytest $(PYTEST_ARGS)
+
+# The browser tests (tests/browser) drive Debian's Chromium through its chromedriver.
+# Installed when missing and we are root (CI is); otherwise those tests are skipped.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "no Chromium (apt-get install chromium chromium-driver as root): the browser tests will be skipped"; \
+	  fi; \
+	fi
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

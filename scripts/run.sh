@@ -56,8 +56,9 @@ cat <<MSG
 
   LLM serving platform is up (Redis: $REDIS_URL, database: ${DATABASE_URL:-sqlite var/db.sqlite3})
 
+  Chat             http://127.0.0.1:$PORT/            log in as user: $user  password: $password
   API              http://127.0.0.1:$PORT/api/        (docs: http://127.0.0.1:$PORT/api/docs/)
-  Admin            http://127.0.0.1:$PORT/admin/      user: $user  password: $password
+  Admin            http://127.0.0.1:$PORT/admin/      same user and password
   Flower           http://127.0.0.1:$FLOWER_PORT/     same user and password
   API key          $key
   Logs             var/log/{web,workers,flower}.log

@@ -148,6 +148,11 @@ class Browser:
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         self.driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
         self.driver.implicitly_wait(0)
+        if width < 500:  # narrower than a desktop window gets: a phone's screen
+            self.driver.execute_cdp_cmd(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": width, "height": height, "deviceScaleFactor": 2, "mobile": True},
+            )
 
     def close(self) -> None:
         try:

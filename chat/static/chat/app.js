@@ -608,7 +608,11 @@ function initChat() {
       const go = (to) => () => {
         setLeaf(newestUnder(siblings[to]));
         render();
-        ui.messages.querySelector(`li[data-message-id="${siblings[to]}"] .branch-switch button[data-step="${to > index ? 1 : -1}"]`)?.focus();
+        // Keep the keyboard on the switch: the same arrow, or the other at either end.
+        const buttons = ui.messages.querySelectorAll(`li[data-message-id="${siblings[to]}"] .branch-switch button`);
+        const [back, forth] = buttons;
+        const [same, other] = to > index ? [forth, back] : [back, forth];
+        (same && !same.disabled ? same : other)?.focus();
       };
       bar.append(
         element(
