@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
@@ -56,7 +56,7 @@ class GenerationInputSerializer(serializers.Serializer):
     priority = serializers.IntegerField(required=False, min_value=0, max_value=9, default=5)
 
 
-def _generation(validated: dict[str, object]) -> dict[str, object]:
+def _generation(validated: dict[str, Any]) -> dict[str, Any]:
     """A generation serializer's data as the services take it: model, params, priority."""
     params = dict(validated)
     return {"model": params.pop("model", None), "priority": params.pop("priority"), "params": params}
