@@ -72,6 +72,7 @@ def job_publish(*, job: InferenceJob) -> None:
             # The worker logs the job under its request's id from the start.
             headers={logcontext.CELERY_HEADER: str(job.correlation_id)},
         )
+        logger.debug("job %s published to %s", job.pk, job.queue)
     except (BrokerError, redis.exceptions.ConnectionError) as exc:
         logger.error("could not publish job %s to %s: %s", job.pk, job.queue, exc)
         job_fail(
