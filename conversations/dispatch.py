@@ -22,7 +22,6 @@ from conversations.eventlog import event_record
 from conversations.lifecycle import job_cancel_queued, job_fail
 from conversations.models import ConversationEvent, InferenceJob, Message
 from inference.registry import ModelSpec
-from llmproject import logcontext
 from llmproject.celery import app
 from llmproject.exceptions import Conflict, ServiceUnavailable
 
@@ -69,8 +68,6 @@ def job_publish(*, job: InferenceJob) -> None:
             task_id=job.celery_task_id,
             priority=_LOWEST_BROKER_PRIORITY - job.priority,
             retry=True,
-            # The worker logs the job under its request's id from the start.
-            headers={logcontext.CELERY_HEADER: str(job.correlation_id)},
         )
         logger.debug("job %s published to %s", job.pk, job.queue)
     except (BrokerError, redis.exceptions.ConnectionError) as exc:

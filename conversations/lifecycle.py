@@ -50,6 +50,8 @@ def job_claim(*, job_id: int, worker: str) -> Claim | None:
         metrics.job_claimed(model=claimed.job.model, queued_at=claimed.job.message.queued_at, claimed_at=now)
         return claimed
     job = InferenceJob.objects.filter(pk=job_id).first()
+    if job is not None:
+        logcontext.bind_job(job_id=job_id, correlation_id=job.correlation_id)
     if job is None:
         logger.info("job %s no longer exists (conversation deleted?); skipping", job_id)
     elif job.state in InferenceJob.FINAL_STATES:

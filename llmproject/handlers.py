@@ -25,7 +25,8 @@ so do the operations endpoints (``/metrics``, ``/healthz``, ``/readyz``),
 which a probe calls every few seconds. The bare handler counts its requests
 itself, in django-prometheus's families (the site's are counted by its
 middleware): one status-by-view counter and one latency-by-view histogram,
-about 3 us a request (measured with timeit).
+2.5 to 3 us a request (``bench/ops_overhead.py``), against 10 ms or so of
+the web server's CPU per request.
 """
 
 from __future__ import annotations

@@ -10,9 +10,11 @@ is read rather than counted (queue depth, live workers, the engine's batch)
 is read when Prometheus scrapes, by collectors the settings name
 (``METRICS_COLLECTORS``).
 
-Measured here (``timeit``, 2-core machine): a job's observations cost about
-7 us at its claim and end together; a labelled child is looked up once per
-model and kept, which halves the cost of an ``inc``/``observe``.
+Measured (``bench/ops_overhead.py``, fastest of 7 ``timeit`` runs, on the
+shared 2-core machine at a load of 6): a job's observations cost 17 to 21 us
+at its claim and end together, against about 13 ms of a worker's CPU per
+request (docs/benchmarks.md): 0.15 %. Each labelled child is looked up once
+per model and kept: ``labels()`` costs more than the ``inc`` it serves.
 
 Times are from when the request was stored (``Message.queued_at``), as its
 user waited: a job retried after a transient error includes its earlier
@@ -95,9 +97,20 @@ BREAKER_STATES = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
 class _ModelSeries:
     """One model's children of the per-model families (``labels()`` costs about 1 us a call)."""
 
-    __slots__ = ("completion_tokens", "e2e", "prompt_tokens", "queue_time", "tpot", "ttft")
+    __slots__ = (
+        "cancelled",
+        "completion_tokens",
+        "e2e",
+        "prompt_tokens",
+        "queue_time",
+        "succeeded",
+        "tpot",
+        "ttft",
+    )
 
     def __init__(self, model: str) -> None:
+        self.succeeded = JOBS.labels(model, "succeeded")
+        self.cancelled = JOBS.labels(model, "cancelled")
         self.queue_time = QUEUE_TIME.labels(model)
         self.ttft = TTFT.labels(model)
         self.tpot = TPOT.labels(model)
@@ -129,11 +142,12 @@ def job_answered(
 ) -> None:
     """The answer (or, after a cancel, the partial answer) was stored."""
     series = _series(model)
-    JOBS.labels(model, "cancelled" if cancelled else "succeeded").inc()
     series.prompt_tokens.inc(prompt_tokens)
     series.completion_tokens.inc(completion_tokens)
     if cancelled:
+        series.cancelled.inc()
         return  # a cut answer's times say nothing of the model's speed
+    series.succeeded.inc()
     if queued_at is not None:
         series.e2e.observe((finished_at - queued_at).total_seconds())
         if first_token_at is not None:
@@ -149,7 +163,7 @@ def job_failed(*, model: str, error_kind: str) -> None:
 
 def job_cancelled_queued(*, model: str) -> None:
     """Cancelled before any worker started it."""
-    JOBS.labels(model, "cancelled").inc()
+    _series(model).cancelled.inc()
 
 
 def job_retried(*, model: str, error_kind: str) -> None:

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from celery.signals import task_postrun, task_prerun, worker_init, worker_shutdown, worker_shutting_down
+from celery.signals import task_postrun, worker_init, worker_shutdown, worker_shutting_down
 from celery.worker.control import control_command, inspect_command
 from django.conf import settings
 
@@ -65,17 +65,12 @@ def start_engine(sender: Any = None, **kwargs: Any) -> None:
         sys.exit(EXIT_ENGINE_FAILED)
 
 
-@task_prerun.connect
-def bind_correlation_id(task: Any = None, **kwargs: Any) -> None:
-    """Log the task's lines under its request's correlation id (sent in the message's
-    headers by ``job_publish``), Celery's own "received"/"succeeded" lines included."""
-    if task is not None:
-        logcontext.bind(correlation=getattr(task.request, logcontext.CELERY_HEADER, None))
-
-
 @task_postrun.connect
 def unbind_correlation_id(**kwargs: Any) -> None:
-    logcontext.clear()  # the pool's thread runs another job next
+    """The job's claim bound its correlation id in this thread (``job_claim``): it stays
+    on the task's lines up to Celery's "succeeded", then goes, before the pool's thread
+    runs another job."""
+    logcontext.clear()
 
 
 @worker_shutting_down.connect

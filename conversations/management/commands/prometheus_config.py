@@ -54,6 +54,8 @@ class Command(BaseCommand):
         parser.add_argument("--token-file", help="a file holding METRICS_TOKEN (default: send none)")
         parser.add_argument("--scrape-interval", help="e.g. 5s (default: the file's, 15s)")
 
-    def handle(self, *args: Any, web: str, token_file: str | None, scrape_interval: str | None, **kw: Any) -> None:
+    def handle(
+        self, *args: Any, web: str, token_file: str | None, scrape_interval: str | None, **kw: Any
+    ) -> None:
         config = prometheus_config(web=web, token_file=token_file, interval=scrape_interval)
         self.stdout.write(yaml.safe_dump(config, sort_keys=False))
