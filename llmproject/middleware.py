@@ -11,6 +11,7 @@ only serving a file goes to a thread.
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 import django_prometheus.middleware
@@ -60,11 +61,12 @@ class _InlineHooks:
         super().__init__(get_response)  # type: ignore[call-arg]
         if self.async_mode:  # type: ignore[attr-defined]
             # The handler adapts view, exception and template-response hooks on
-            # its own: give it coroutine functions, which it calls as they are.
+            # its own: give it coroutine methods, which it calls as they are
+            # (bound: it names a hook's class from its __self__ in its errors).
             for name in ("process_view", "process_exception", "process_template_response"):
                 hook = getattr(self, name, None)
                 if hook is not None:
-                    setattr(self, name, _as_coroutine_function(hook))
+                    setattr(self, name, types.MethodType(_inline(hook), self))
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         response = self.process_request(request)  # type: ignore[attr-defined]
@@ -72,8 +74,8 @@ class _InlineHooks:
         return self.process_response(request, response)  # type: ignore[attr-defined,no-any-return]
 
 
-def _as_coroutine_function(hook: Any) -> Any:
-    async def inline(*args: Any) -> Any:
+def _inline(hook: Any) -> Any:
+    async def inline(self: Any, *args: Any) -> Any:
         return hook(*args)
 
     return inline

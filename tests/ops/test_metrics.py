@@ -71,6 +71,9 @@ def test_chat_completions_are_counted_by_the_web_process_and_the_worker(ops_serv
     client = openai.OpenAI(base_url=ops_server.base_url, api_key=api_user.key, max_retries=0, timeout=30)
     for _ in range(3):
         client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "count me"}])
+    # And the site's requests, through its (async) middleware.
+    rest = httpx.get(f"{web}/api/models/", headers={"Authorization": f"Bearer {api_user.key}"})
+    assert rest.status_code == 200
 
     web_page, worker_page = scrape(f"{web}/metrics"), scrape(worker_url)
 
@@ -84,6 +87,9 @@ def test_chat_completions_are_counted_by_the_web_process_and_the_worker(ops_serv
     assert (
         grew(web_page, before_web, "django_http_requests_latency_seconds_by_view_method_count", **view) == 3
     )
+    rest_view = {"view": "model-list", "method": "GET"}
+    assert grew(web_page, before_web, responses, status="200", **rest_view) == 1
+    assert grew(web_page, before_web, "django_http_requests_latency_including_middlewares_seconds_count") >= 1
     assert value(web_page, "llm_workers_alive", model="echo") == 1
     assert ("llm_queue_depth", frozenset({("model", "echo")})) in web_page
     # The worker's own: each job once, at its end; the engine read at scrape.
