@@ -26,7 +26,12 @@ from __future__ import annotations
 import functools
 from datetime import datetime
 
+import prometheus_client
 from prometheus_client import Counter, Gauge, Histogram
+
+# No "<name>_created" series beside each counter and histogram: they double the
+# page for a start time Prometheus does not use.
+prometheus_client.disable_created_metrics()
 
 # Seconds. A chat answer's first token comes in tens of milliseconds on an idle
 # GPU and in seconds under load; a long answer takes minutes.
@@ -122,6 +127,14 @@ class _ModelSeries:
 @functools.cache
 def _series(model: str) -> _ModelSeries:
     return _ModelSeries(model)
+
+
+def model_served(model: str) -> None:
+    """A worker of ``model`` starts: its job counts exist from 0, so that Prometheus's
+    ``increase()`` sees the first job of each outcome (a series that appears at 1 shows
+    no increase)."""
+    _series(model)
+    JOBS.labels(model, "failed")
 
 
 def job_claimed(*, model: str, queued_at: datetime | None, claimed_at: datetime) -> None:

@@ -29,6 +29,7 @@ from django.conf import settings
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from inference.registry import ModelSpec
+from llmproject import metrics
 from llmproject.exposition import serve_worker_metrics
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ def start_metrics_server(host: EngineHost) -> str | None:
     setting = settings.LLM_WORKER_METRICS_PORT.strip().lower()
     if setting in _OFF:
         return None
+    metrics.model_served(host.spec.name)
     addr = settings.LLM_WORKER_METRICS_ADDR
     try:
         port = serve_worker_metrics(addr=addr, port=int(setting), collectors=(EngineCollector(host),))
