@@ -12,8 +12,8 @@ from django.conf import settings
 
 from inference import liveness
 from inference.registry import ModelSpec
-from llmproject.redis_client import redis_client
 from llmproject.exceptions import ServiceUnavailable, TooManyRequests
+from llmproject.redis_client import redis_client
 
 PRIORITY_STEPS = range(10)
 
