@@ -20,7 +20,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.select import Select
 
 from conversations.models import Conversation, InferenceJob, Message
-from inference.engines.simulated import simulated_tokens
+from inference.engines.simulated import TRANSIENT_MARKER, simulated_tokens
 from inference.registry import get_model
 from inference.requests import ChatMessage
 from llmproject.celery import app as celery_app
@@ -345,6 +345,40 @@ def test_a_waiting_answer_tells_its_place_and_stop_cancels_it(log_in, make_perso
         # The job's message stays in the broker's queue (no worker takes "spare" here).
         with celery_app.connection_for_write() as connection:
             connection.default_channel.queue_purge("llm.spare")
+
+
+def test_a_failed_answer_shows_why_and_retry_generates_it_anew(log_in, make_person):
+    browser = log_in(make_person())
+    pick_model(browser, "echo")
+    browser.script(WATCH_RENDERS)
+    # The simulated engine fails after one token, a transient error: the worker tries
+    # three times, each attempt streaming again from the start, then gives up.
+    send(browser, f"{TRANSIENT_MARKER} fails")
+
+    failed = answer_shows(browser, status="failed", timeout=40)
+    assert "gave up after 3 attempts" in failed.find_element("css selector", ".message-error").text
+    assert failed.find_element("css selector", ".state").text == "Failed"
+    # Each attempt's "started" reset the text: its first token shows once, not thrice.
+    assert text_of(browser, failed) == "Echo:"
+    assert {text for _, text in browser.script("return window.renders")} <= {"", "Echo:"}
+
+    browser.script(WATCH_RENDERS)
+    browser.button("Retry this answer").click()
+
+    # The same answer runs again: "started" resets its text, which shows once.
+    renders = browser.wait(
+        lambda: (
+            (seen := browser.script("return window.renders"))
+            and [status for status, _ in seen][-1] == "failed"
+            and "streaming" in [status for status, _ in seen]
+            and seen
+        ),
+        timeout=40,
+    )
+    assert {text for _, text in renders} <= {"", "Echo:"}, renders
+    assert renders[-1] == ["failed", "Echo:"]
+    assert InferenceJob.objects.get().attempts == 6  # three more
+    assert len(browser.find_all("li.message.assistant")) == 1 and not browser.find_all(".branch-position")
 
 
 def test_a_message_over_the_limit_is_refused_politely(log_in, make_person):

@@ -8,6 +8,7 @@ from django.core.management import call_command
 from rest_framework.test import APIClient
 
 from conversations import apis
+from conversations.models import InferenceJob
 from tests.factories import ConversationFactory
 
 CONVERSATIONS = "/api/conversations/"
@@ -15,6 +16,8 @@ CONVERSATION = "/api/conversations/{conversation_id}/"
 MESSAGES = "/api/conversations/{conversation_id}/messages/"
 JOB = "/api/jobs/{job_id}/"
 CANCEL = "/api/jobs/{job_id}/cancel/"
+RETRY = "/api/jobs/{job_id}/retry/"
+REGENERATE = "/api/conversations/{conversation_id}/messages/{message_id}/regenerate/"
 MODELS = "/api/models/"
 
 
@@ -33,6 +36,7 @@ def test_each_request_body_is_documented_with_its_own_fields(openapi):
         ("post", CONVERSATIONS): set(apis.ConversationListCreateApi.InputSerializer().fields),
         ("patch", CONVERSATION): set(apis.ConversationDetailApi.InputSerializer().fields),
         ("post", MESSAGES): set(apis.MessageListCreateApi.InputSerializer().fields),
+        ("post", REGENERATE): set(apis.GenerationInputSerializer().fields),
     }
     documented = {}
     for path, operations in openapi.document["paths"].items():
@@ -50,11 +54,12 @@ def test_each_request_body_is_documented_with_its_own_fields(openapi):
 
 
 @pytest.mark.parametrize(
-    ("path", "item"), [(CONVERSATIONS, "ConversationOutput"), (MESSAGES, "MessageOutput")]
+    ("path", "item", "query"),
+    [(CONVERSATIONS, "ConversationOutput", "search"), (MESSAGES, "MessageOutput", "leaf")],
 )
-def test_lists_are_documented_as_pages_with_their_query_parameters(openapi, path, item):
+def test_lists_are_documented_as_pages_with_their_query_parameters(openapi, path, item, query):
     operation = openapi.operation("get", path)
-    assert {p["name"] for p in operation["parameters"] if p["in"] == "query"} == {"page", "page_size"}
+    assert {p["name"] for p in operation["parameters"] if p["in"] == "query"} == {"page", "page_size", query}
     page = component(openapi, operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"])
     assert set(page["properties"]) == {"count", "next", "previous", "results"}
     assert page["properties"]["results"]["items"]["$ref"] == f"#/components/schemas/{item}"
@@ -117,9 +122,17 @@ def test_message_and_job_responses_match_the_schema(api_user, openapi):
     page = openapi.check(client.get(messages), "get", MESSAGES, 200)
     assert [m["role"] for m in page["results"]] == ["user", "assistant"]
     openapi.check(client.get(posted["Location"]), "get", JOB, 200)
+    regenerate = f"{messages}{posted.json()['assistant_message']['id']}/regenerate/"
+    again = openapi.check(client.post(regenerate, {"max_tokens": 4}), "post", REGENERATE, 202)
+    assert again["assistant_message"]["parent_id"] == posted.json()["user_message"]["id"]
+    openapi.check(client.get(messages, {"leaf": again["assistant_message"]["id"]}), "get", MESSAGES, 200)
     cancel = f"/api/jobs/{job['id']}/cancel/"
     assert openapi.check(client.post(cancel), "post", CANCEL, 202)["state"] == "cancelled"
     assert openapi.check(client.post(cancel), "post", CANCEL, 409)["code"] == "job_finished"
+    retry = f"/api/jobs/{job['id']}/retry/"
+    assert openapi.check(client.post(retry), "post", RETRY, 409)["code"] == "job_not_failed"
+    InferenceJob.objects.filter(pk=job["id"]).update(state="failed")
+    assert openapi.check(client.post(retry), "post", RETRY, 202)["state"] == "queued"
 
 
 @pytest.mark.django_db
@@ -145,6 +158,8 @@ def test_error_responses_match_the_schema(api_user, make_api_user, openapi):
         client.post(f"/api/conversations/{others.pk}/messages/", {"content": "hi"}), "post", MESSAGES, 404
     )
     openapi.check(client.get(messages, {"page": 9}), "get", MESSAGES, 404)
+    openapi.check(client.get(messages, {"leaf": "x"}), "get", MESSAGES, 400)
+    openapi.check(client.post(f"{messages}999999/regenerate/"), "post", REGENERATE, 404)
     openapi.check(client.get("/api/jobs/999999/"), "get", JOB, 404)
     openapi.check(client.post("/api/jobs/999999/cancel/"), "post", CANCEL, 404)
 
