@@ -63,7 +63,7 @@ def test_responses_without_a_worker_match_the_schema(api_user, openapi):
     client = Client(**api_user.auth_header)
 
     models = openapi.check(client.get(MODELS), "get", MODELS, 200)
-    assert {m["id"] for m in models["data"]} == {"echo", "spare", "tiny"}
+    assert {m["id"] for m in models["data"]} == {"echo", "slow", "spare", "tiny"}
 
     def post(body, **extra):
         return client.post(CHAT, body, content_type="application/json", **extra)
