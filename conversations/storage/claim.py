@@ -93,6 +93,11 @@ def claim_sql(*, job_id: int, worker: str, now: datetime, stale_before: datetime
     claimable, claimable_params = where(InferenceJob, InferenceJob.claimable, stale_before=stale_before)
     in_history, in_history_params = where(Message, Message.in_history)
     job, msg, ev = table(InferenceJob), table(Message), table(ConversationEvent)
+    # ``branch`` walks up the reply's ancestors, one primary key lookup each, carrying
+    # what the history needs (and whether the rule keeps it). Reading the history in a
+    # second pass instead (``WHERE id IN (SELECT id FROM branch)``) made a prepared claim
+    # 1 to 7 ms slower on a table of some 10^4 messages; this one costs what the claim
+    # cost before branches, within a few microseconds (alternate runs of both).
     sql = f"""
     WITH RECURSIVE claimed AS (
         UPDATE {job} SET state = %s, attempts = attempts + 1, worker = %s, started_at = %s, updated_at = %s
@@ -108,17 +113,17 @@ def claim_sql(*, job_id: int, worker: str, now: datetime, stale_before: datetime
                jsonb_build_object('job_id', claimed.id, 'attempt', claimed.attempts, 'worker', %s::text),
                %s
         FROM claimed JOIN reply ON reply.id = claimed.message_id
-    ), branch AS (
-        SELECT id, parent_id FROM {msg} WHERE id = (SELECT parent_id FROM reply)
+    ), branch (b_id, b_parent, b_role, b_content, b_seen) AS (
+        SELECT id, parent_id, role, content, {in_history} FROM {msg} WHERE id = (SELECT parent_id FROM reply)
         UNION ALL
-        SELECT m.id, m.parent_id FROM {msg} AS m JOIN branch ON m.id = branch.parent_id
+        SELECT m.id, m.parent_id, m.role, m.content, {in_history}
+        FROM {msg} AS m JOIN branch ON m.id = branch.b_parent
     )
     SELECT claimed.id, claimed.message_id, claimed.model, claimed.params, claimed.attempts,
            claimed.max_attempts, claimed.correlation_id, claimed.priority, claimed.queue,
            reply.conversation_id, reply.queued_at, reply.model,
-           (SELECT coalesce(json_agg(json_build_array(role, content) ORDER BY id), '[]')
-            FROM {msg}
-            WHERE id IN (SELECT id FROM branch) AND {in_history})
+           (SELECT coalesce(json_agg(json_build_array(b_role, b_content) ORDER BY b_id), '[]')
+            FROM branch WHERE b_seen)
     FROM claimed JOIN reply ON reply.id = claimed.message_id
     """
     params = [
@@ -133,6 +138,7 @@ def claim_sql(*, job_id: int, worker: str, now: datetime, stale_before: datetime
         ConversationEvent.Kind.INFERENCE_STARTED.value,
         worker,
         now,
+        *in_history_params,
         *in_history_params,
     ]
     with connection.cursor() as cursor:
