@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.validators import ProhibitNullCharactersValidator
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.validators import ProhibitSurrogateCharactersValidator
 from rest_framework.views import APIView
 
 from conversations import selectors, services
@@ -23,16 +26,24 @@ from llmproject.pagination import PageNumberPagination
 
 
 class StopField(serializers.Field):
-    """``stop`` is a string or a list of strings, as in OpenAI's API."""
+    """``stop`` is a string or a list of strings, as in OpenAI's API; text only, as
+    DRF's ``CharField`` takes it (no lone surrogate, no NUL: PostgreSQL's jsonb
+    refuses both)."""
 
     default_error_messages = {"invalid": "must be a string or a list of strings"}
+    _text_validators = (ProhibitNullCharactersValidator(), ProhibitSurrogateCharactersValidator())
 
     def to_internal_value(self, data: object) -> list[str]:
-        if isinstance(data, str):
-            return [data]
-        if isinstance(data, list) and all(isinstance(s, str) for s in data):
-            return data
-        self.fail("invalid")
+        strings = [data] if isinstance(data, str) else data
+        if not isinstance(strings, list) or not all(isinstance(s, str) for s in strings):
+            self.fail("invalid")
+        for string in strings:
+            for validate in self._text_validators:
+                try:
+                    validate(string)
+                except DjangoValidationError as exc:
+                    raise serializers.ValidationError(exc.messages) from None
+        return strings
 
     def to_representation(self, value: list[str]) -> list[str]:
         return value

@@ -308,6 +308,26 @@ else:
     LLM_MODELS = env.json("LLM_MODELS", default=LLM_DEFAULT_MODELS)
 LLM_DEFAULT_MODEL = env.str("LLM_DEFAULT_MODEL", default=next(iter(LLM_MODELS)))
 
+# --- Protection: error shapes, body size, limits ------------------------------
+# Errors Django answers itself (unknown URL, body too large, uncaught exception)
+# come out in the JSON shape of the API whose prefix the path has
+# (llmproject.error_views); other paths keep Django's pages.
+API_ERROR_RESPONSES = {
+    "/v1/": "openai_api.errors.error_response",
+    "/api/": "llmproject.exception_handler.error_response",
+}
+# Largest request body (Django's setting, default 2.5 MB): the ASGI handlers
+# stop reading past it and answer 413, chunked bodies included (Django itself
+# would spool any size to a temporary file first).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2_621_440)
+# DRF's parsers, with a JSON parser that refuses JSON nested past Python's
+# recursion limit with a 400 (DRF's lets the RecursionError through: a 500).
+REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"] = [
+    "llmproject.parsers.JSONParser",
+    "rest_framework.parsers.FormParser",
+    "rest_framework.parsers.MultiPartParser",
+]
+
 # --- Logging ----------------------------------------------------------------
 LOGGING = {
     "version": 1,

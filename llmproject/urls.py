@@ -11,3 +11,9 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
 ]
+
+# Errors Django answers itself, in the JSON shape of /api/ and /v1/ under those prefixes.
+handler400 = "llmproject.error_views.bad_request"
+handler403 = "llmproject.error_views.permission_denied"
+handler404 = "llmproject.error_views.page_not_found"
+handler500 = "llmproject.error_views.server_error"
