@@ -320,6 +320,13 @@ API_ERROR_RESPONSES = {
 # stop reading past it and answer 413, chunked bodies included (Django itself
 # would spool any size to a temporary file first).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2_621_440)
+# PostgreSQL through a backend whose connection pool fails fast while the
+# server is unreachable (llmproject/postgresql/base.py): a 503 at once, not a
+# 500 after DB_POOL_TIMEOUT. A connect that gets no answer gives up after
+# DB_CONNECT_TIMEOUT seconds (libpq waits for ever, the pool's threads with it).
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["ENGINE"] = "llmproject.postgresql"
+    DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=5))
 # DRF's parsers, with a JSON parser that refuses JSON nested past Python's
 # recursion limit with a 400 (DRF's lets the RecursionError through: a 500).
 REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"] = [
