@@ -19,9 +19,29 @@ VAR_DIR.mkdir(exist_ok=True)
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
+
+def _secret_key(debug: bool) -> str:
+    """SECRET_KEY, else the file SECRET_KEY_FILE names (default var/secret_key, which
+    `make run` generates; a Docker secret's path, say); a public development key
+    only with DEBUG. Sessions, password resets and signed data all rest on it: a
+    server never starts on a key anyone can read here."""
+    path = Path(env.str("SECRET_KEY_FILE", default=str(VAR_DIR / "secret_key")))
+    key = env.str("SECRET_KEY", default="") or (path.read_text().strip() if path.is_file() else "")
+    if key:
+        return key
+    if debug:
+        return "dev-insecure-change-me-0123456789abcdefghijklmnopqrstuvwxyz"
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        "SECRET_KEY is not set: set it in the environment (e.g. the output of "
+        "python -c 'import secrets; print(secrets.token_urlsafe(50))'), or DEBUG=true for development"
+    )
+
+
 # --- Core -------------------------------------------------------------------
-SECRET_KEY = env.str("SECRET_KEY", default="dev-insecure-change-me-0123456789abcdefghijklmnopqrstuvwxyz")
 DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = _secret_key(DEBUG)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
@@ -309,6 +329,21 @@ else:
 LLM_DEFAULT_MODEL = env.str("LLM_DEFAULT_MODEL", default=next(iter(LLM_MODELS)))
 
 # --- Protection: error shapes, body size, limits ------------------------------
+# Origins whose pages may open a WebSocket with the user's session cookie (a
+# page elsewhere would otherwise act as the user), whatever ALLOWED_HOSTS says:
+# scheme, host and port must match one (channels' OriginValidator patterns; a
+# leading "." for subdomains). Default: the page `make run` serves on PORT, and
+# CSRF_TRUSTED_ORIGINS. Clients with a bearer key send no cookie and skip it.
+PORT = env.int("PORT", default=8000)
+WEBSOCKET_ALLOWED_ORIGINS = env.list(
+    "WEBSOCKET_ALLOWED_ORIGINS",
+    default=[
+        f"http://127.0.0.1:{PORT}",
+        f"http://localhost:{PORT}",
+        f"http://[::1]:{PORT}",
+        *(origin.replace("://*.", "://.") for origin in CSRF_TRUSTED_ORIGINS),
+    ],
+)
 # Errors Django answers itself (unknown URL, body too large, uncaught exception)
 # come out in the JSON shape of the API whose prefix the path has
 # (llmproject.error_views); other paths keep Django's pages.
