@@ -44,7 +44,8 @@ from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
 from django.http import HttpResponse
-from django.urls import set_script_prefix
+from django.urls import set_script_prefix, set_urlconf
+from django.utils.log import log_response
 
 from llmproject.error_views import api_error_response, too_large_response
 
@@ -208,6 +209,16 @@ class BareASGIHandler(PooledThreadsASGIHandler):
         else:
             await sync_to_async(response.close)()
         body_file.close()
+
+    async def get_response_async(self, request: Any) -> Any:
+        """Django's, logging an error response on the event loop: Django hands the log
+        line to a thread, a hop for every 4xx (under a burst of 429s, one each)."""
+        set_urlconf(settings.ROOT_URLCONF)
+        response = await self._middleware_chain(request)
+        response._resource_closers.append(request.close)
+        if response.status_code >= 400:
+            log_response("%s: %s", response.reason_phrase, request.path, response=response, request=request)
+        return response
 
     def load_middleware(self, is_async: bool = False) -> None:
         self._view_middleware = []

@@ -383,6 +383,12 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2_6
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["ENGINE"] = "llmproject.postgresql"
     DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=5))
+# The circuit breaker of each model (inference.breaker): this many engine
+# failures in a row open it (503 with Retry-After at once, or the registry's
+# "fallback" model takes the requests; 0: no breaker), and it lets one trial
+# request through after LLM_BREAKER_RESET seconds.
+LLM_BREAKER_FAILURES = env.int("LLM_BREAKER_FAILURES", default=5)
+LLM_BREAKER_RESET = env.float("LLM_BREAKER_RESET", default=30)
 # DRF's parsers, with a JSON parser that refuses JSON nested past Python's
 # recursion limit with a 400 (DRF's lets the RecursionError through: a 500).
 REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"] = [

@@ -27,7 +27,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from conversations.admission import model_admit
+from conversations.admission import Admission, model_admit
 from conversations.dispatch import job_abandon
 from conversations.models import Message
 from conversations.services import StartedConversation, conversation_start
@@ -51,9 +51,14 @@ async def create_chat_completion(
     spec = resolve_model(chat.model)
     if settings.OPENAI_API_THROTTLE_CLASSES:
         await sync_to_async(throttle_check)(request=request, user=user)
-    await model_admit(spec=spec)
+    # Refused here, before any database work; else a place is held in the queue
+    # until the job is in it (``_store`` gives it back). While the model's breaker
+    # is open its fallback, if any, answers (and is named in the response).
+    admission = await model_admit(spec=spec)
+    spec = admission.spec
     started = await _store_unless_left(
         continue_on_disconnect=chat.continue_on_disconnect,
+        admission=admission,
         owner=user,
         model=spec.name,
         messages=chat.messages,
@@ -101,14 +106,16 @@ def _abandon_once_stored(store: asyncio.Future[StartedConversation]) -> None:
     task.add_done_callback(_late_abandons.discard)
 
 
-def _store(**kwargs: Any) -> StartedConversation:
+def _store(*, admission: Admission, **kwargs: Any) -> StartedConversation:
     """``conversation_start``, then the request's database connection goes back (to the
     pool, if any): the answer streams for seconds without needing it, and a
-    connection held per open stream would cap the streams at the pool's size."""
+    connection held per open stream would cap the streams at the pool's size.
+    The job is in its queue by then (or failed): the admission's place is given back."""
     try:
         return conversation_start(**kwargs)
     finally:
         connection.close()
+        admission.release()
 
 
 class Answer:
