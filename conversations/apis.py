@@ -22,6 +22,7 @@ from rest_framework.views import APIView
 
 import conversations.openapi  # noqa: F401  (registers the API key scheme for the schema)
 from conversations import selectors, services
+from conversations.authentication import KeyGrant
 from conversations.dispatch import job_cancel
 from conversations.serializers import (
     ConversationOutputSerializer,
@@ -140,7 +141,12 @@ class MessageListCreateApi(APIView):
         stop = StopField(required=False)
         seed = serializers.IntegerField(required=False, min_value=0, max_value=2**63 - 1)
         ignore_eos = serializers.BooleanField(required=False, default=False)
-        priority = serializers.IntegerField(required=False, min_value=0, max_value=9, default=5)
+        priority = serializers.IntegerField(
+            required=False,
+            min_value=0,
+            max_value=9,
+            help_text="0 (lowest) to 9 (highest): the queue's order. Default: the API key's (5).",
+        )
 
         def validate_content(self, value: str) -> str:
             if not value.strip():
@@ -169,7 +175,7 @@ class MessageListCreateApi(APIView):
                     "websocket": serializers.CharField(),
                 },
             ),
-            **error_responses(400, 404, 503),
+            **error_responses(400, 404, 429, 503),
         },
         parameters=[
             OpenApiParameter(
@@ -190,7 +196,10 @@ class MessageListCreateApi(APIView):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
-        content, model, priority = data.pop("content"), data.pop("model", None), data.pop("priority")
+        content, model = data.pop("content"), data.pop("model", None)
+        priority = data.pop("priority", None)
+        if priority is None:  # the key's default (a browser session: the middle)
+            priority = request.auth.priority if isinstance(request.auth, KeyGrant) else 5
         posted = services.message_post(
             conversation=conversation, content=content, model=model, params=data, priority=priority
         )

@@ -42,11 +42,12 @@ logger = logging.getLogger(__name__)
 
 
 async def create_chat_completion(
-    request: HttpRequest, *, user: AbstractBaseUser
+    request: HttpRequest, *, user: AbstractBaseUser, priority: int = 5
 ) -> HttpResponse | AsyncIterator[bytes]:
     """The whole answer as a ``chat.completion`` response or, for ``stream: true``, the
-    server-sent events to stream. Raises the platform's ``ApplicationError``s (bad
-    input, throttled, no worker, queue full, queue down)."""
+    server-sent events to stream; the job queued at ``priority`` (the API key's).
+    Raises the platform's ``ApplicationError``s (bad input, throttled, no worker,
+    queue full, model failing, queue or database down)."""
     chat = parse_chat_request(request.body)
     spec = resolve_model(chat.model)
     if settings.OPENAI_API_THROTTLE_CLASSES:
@@ -63,6 +64,7 @@ async def create_chat_completion(
         model=spec.name,
         messages=chat.messages,
         params=chat.params,
+        priority=priority,
     )
     completion = Completion(id=f"chatcmpl-{started.job.pk}", created=int(time.time()), model=spec.name)
     answer = Answer(

@@ -15,11 +15,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.contrib.auth.models import AbstractBaseUser
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from conversations.authentication import api_key_user, api_key_user_cached, bearer_token
+from conversations.authentication import KeyGrant, api_key_grant, api_key_grant_cached, bearer_token
 from inference import registry
 from llmproject.exceptions import (
     DATABASE_UNAVAILABLE_ERRORS,
@@ -83,17 +82,17 @@ def require_json(request: HttpRequest) -> None:
         raise UnsupportedMediaType(f"the body must be JSON (Content-Type: application/json), not {kind!r}")
 
 
-async def authenticate(request: HttpRequest) -> AbstractBaseUser:
+async def authenticate(request: HttpRequest) -> KeyGrant:
     header = request.headers.get("Authorization", "")
     token = bearer_token(header) if header else None
     if token is None:
         raise NotAuthenticated(
             "no API key: send the header 'Authorization: Bearer <api key>'", code="missing_api_key"
         )
-    user = api_key_user_cached(raw=token) or await sync_to_async(api_key_user)(raw=token)
-    if user is None:
+    grant = api_key_grant_cached(raw=token) or await sync_to_async(api_key_grant)(raw=token)
+    if grant is None:
         raise NotAuthenticated("invalid or revoked API key")
-    return user
+    return grant
 
 
 @csrf_exempt
@@ -124,9 +123,9 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     Extensions: ``ignore_eos`` (vLLM's) and ``continue_on_disconnect`` (keep
     generating, and store the answer, if the client goes away).
     """
-    user = await authenticate(request)
+    grant = await authenticate(request)
     require_json(request)
-    answer = await create_chat_completion(request, user=user)
+    answer = await create_chat_completion(request, user=grant.user, priority=grant.priority)
     if isinstance(answer, HttpResponse):
         return answer
     response = StreamingHttpResponse(answer, content_type="text/event-stream")
