@@ -34,6 +34,7 @@ from inference import registry
 from inference.params import MAX_STOP_SEQUENCES
 from llmproject.openapi import RETRY_AFTER, error_responses
 from llmproject.pagination import PageNumberPagination
+from llmproject.throttling import token_cost, tokens_charge
 
 
 @extend_schema_field(
@@ -203,6 +204,8 @@ class MessageListCreateApi(APIView):
         posted = services.message_post(
             conversation=conversation, content=content, model=model, params=data, priority=priority
         )
+        tokens = token_cost(max_tokens=posted.job.params["max_tokens"], text_chars=len(content))
+        tokens_charge(user=request.user, tokens=tokens, throttles=self.throttle_classes)
         body = {
             "user_message": MessageOutputSerializer(posted.user_message).data,
             "assistant_message": MessageOutputSerializer(posted.assistant_message).data,

@@ -389,6 +389,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
 # request through after LLM_BREAKER_RESET seconds.
 LLM_BREAKER_FAILURES = env.int("LLM_BREAKER_FAILURES", default=5)
 LLM_BREAKER_RESET = env.float("LLM_BREAKER_RESET", default=30)
+# Per-user budgets on the REST API (DRF throttles, counted in CACHES: one count
+# across every web process): e.g. API_THROTTLE_CLASSES=
+# rest_framework.throttling.UserRateThrottle,llmproject.throttling.TokenRateThrottle
+# with API_THROTTLE_RATES=user=60/min,tokens=100000/hour. None by default; the
+# OpenAI API has its own list (OPENAI_API_THROTTLE_CLASSES) on the same rates.
+REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = env.list("API_THROTTLE_CLASSES", default=[])
 # DRF's parsers, with a JSON parser that refuses JSON nested past Python's
 # recursion limit with a 400 (DRF's lets the RecursionError through: a 500).
 REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"] = [

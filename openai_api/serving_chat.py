@@ -33,10 +33,11 @@ from conversations.models import Message
 from conversations.services import StartedConversation, conversation_start
 from conversations.streams.hub import follow
 from inference.params import resolve_model
+from llmproject.throttling import token_cost
 from openai_api.errors import error_body, error_response
 from openai_api.protocol import parse_chat_request
 from openai_api.responses import FINISH_REASONS, SSE_DONE, SSE_KEEPALIVE, Completion, sse, usage
-from openai_api.throttling import throttle_check
+from openai_api.throttling import throttle_check, tokens_charge_openai
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,11 @@ async def create_chat_completion(
         params=chat.params,
         priority=priority,
     )
+    if settings.OPENAI_API_THROTTLE_CLASSES:
+        tokens = token_cost(
+            max_tokens=started.job.params["max_tokens"], text_chars=sum(len(c) for _, c in chat.messages)
+        )
+        await sync_to_async(tokens_charge_openai)(user=user, tokens=tokens)
     completion = Completion(id=f"chatcmpl-{started.job.pk}", created=int(time.time()), model=spec.name)
     answer = Answer(
         job_id=started.job.pk,
