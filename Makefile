@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 REQS := requirements.txt requirements-dev.txt requirements-cpu.txt
 STAMP := $(VENV)/.installed-$(shell cat $(REQS) | sha1sum | cut -c1-12)
 
-.PHONY: run test lint format install clean
+.PHONY: run test lint format install clean prometheus-installed
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,15 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Debian's Prometheus, for tests/ops/test_prometheus.py (a real server scrapes the
+# running stack with deploy/'s config). Installed once, as root (CI is).
+prometheus-installed:
+	@command -v prometheus >/dev/null || { \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }; }
+
 # SQLite unless DATABASE_URL is set (.ci/run points it at PostgreSQL).
-test: lint
+test: lint prometheus-installed
 	REDIS_URL="$$(scripts/ensure-redis.sh)" $(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

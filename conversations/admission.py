@@ -87,7 +87,7 @@ _tokens = itertools.count()
 _PROCESS = f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _queue_keys(spec: ModelSpec) -> list[str]:
+def queue_keys(spec: ModelSpec) -> list[str]:
     """The Redis lists kombu keeps a queue in: one per priority step (``<queue><sep><step>``,
     step 0 without a suffix)."""
     sep = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("sep", "\x06\x16")
@@ -104,7 +104,7 @@ async def queue_backlog(*, spec: ModelSpec) -> int:
     Precondition: the broker is Redis.
     """
     async with redis_client(settings.CELERY_BROKER_URL).pipeline(transaction=False) as pipe:
-        for key in _queue_keys(spec):
+        for key in queue_keys(spec):
             pipe.llen(key)
         lengths = await pipe.execute()
     return sum(int(n) for n in lengths)
@@ -142,7 +142,7 @@ def _call(spec: ModelSpec, *, need_worker: bool) -> tuple[list[str], list[object
         1 if need_worker else 0,
         1,  # live workers, when the script does not count them
     ]
-    return keys + _queue_keys(spec), args
+    return keys + queue_keys(spec), args
 
 
 class BreakerOpen(ServiceUnavailable):

@@ -19,6 +19,7 @@ from conversations.models import Conversation, ConversationEvent, InferenceJob, 
 from conversations.storage.chat import chat_insert
 from inference import params as inference_params
 from inference.registry import ModelSpec
+from llmproject import logcontext
 from llmproject.exceptions import InvalidInput
 
 TITLE_LENGTH = 60
@@ -96,6 +97,7 @@ def _message_store(
     *, conversation: Conversation, content: str, spec: ModelSpec, sampling: dict[str, Any], priority: int
 ) -> PostedMessage:
     correlation_id = uuid.uuid4()
+    logcontext.bind(correlation=correlation_id)
     with transaction.atomic():
         user_message = Message.objects.create(
             conversation=conversation, role=Message.Role.USER, content=_storable(content), model=spec.name
@@ -153,6 +155,7 @@ def conversation_start(
     sampling = inference_params.sampling_params(spec, params or {})
     inference_params.check_prompt_fits(spec, [content for _, content in messages], sampling["max_tokens"])
     correlation_id = uuid.uuid4()
+    logcontext.bind(correlation=correlation_id)
     first_user = next((content for role, content in messages if role == Message.Role.USER), "")
     conversation = Conversation(owner=owner, title=_storable(_title(first_user)), model=spec.name)
     stored = [

@@ -7,16 +7,25 @@ Each worker, once its engine is ready, refreshes its entry in the sorted set
 worker that died without saying so. The API asks ``workers_alive`` (one
 ZCOUNT) before it queues a job that nobody would run; a Celery ping would
 cost a broadcast round trip and a timeout on every request.
+
+A worker that serves metrics also keeps its address in the hash
+``llm:worker-metrics`` (field: its id), refreshed with each beat: the web
+process answers Prometheus's service discovery from it (``metrics_targets``),
+for the workers alive now. ``/readyz`` asks ``workers_check``.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 from django.conf import settings
 
-from llmproject.redis_client import redis_client
+from inference import registry
+from llmproject.redis_client import redis_client, sync_redis_client
+
+METRICS_ADDRESSES_KEY = "llm:worker-metrics"
 
 
 def heartbeat_key(model: str) -> str:
@@ -37,3 +46,52 @@ def queue_workers_alive(pipe: Any, *, model: str) -> None:
 def alive_range(model: str) -> tuple[str, float, str]:
     """``ZCOUNT``'s arguments for the workers of ``model`` alive now."""
     return heartbeat_key(model), time.time() - settings.LLM_HEARTBEAT_TTL, "+inf"
+
+
+def queue_metrics_address(pipe: Any, *, member: str, model: str, address: str) -> None:
+    """Add a worker's metrics address to a pipeline (with its heartbeat)."""
+    pipe.hset(METRICS_ADDRESSES_KEY, member, json.dumps({"model": model, "address": address}))
+
+
+def queue_forget_metrics_address(pipe: Any, *, member: str) -> None:
+    pipe.hdel(METRICS_ADDRESSES_KEY, member)
+
+
+async def workers_check() -> dict[str, Any]:
+    """Readiness: at least one live worker for each model of the registry (one round trip)."""
+    names = sorted(registry.models())
+    async with redis_client().pipeline(transaction=False) as pipe:
+        for name in names:
+            queue_workers_alive(pipe, model=name)
+        counts = await pipe.execute()
+    alive = {name: int(count) for name, count in zip(names, counts, strict=True)}
+    down = [name for name, count in alive.items() if not count]
+    return {"ok": not down, "alive": alive, "down": down}
+
+
+def metrics_targets() -> list[dict[str, Any]]:
+    """The metrics addresses of the workers alive now, as Prometheus's HTTP service
+    discovery wants them; those of workers no longer alive are dropped on the way."""
+    client = sync_redis_client()
+    names = sorted(registry.models())
+    now = time.time()
+    with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.zrangebyscore(heartbeat_key(name), now - settings.LLM_HEARTBEAT_TTL, "+inf")
+        pipe.hgetall(METRICS_ADDRESSES_KEY)
+        *alive_by_model, addresses = pipe.execute()
+    alive = {member for members in alive_by_model for member in members}
+    targets = []
+    for member, value in sorted(addresses.items()):
+        if member not in alive:
+            continue
+        entry = json.loads(value)
+        targets.append(
+            {"targets": [entry["address"]], "labels": {"worker": member, "worker_model": entry["model"]}}
+        )
+    # Workers killed without deregistering; one that was only late registers again
+    # with its next beat.
+    gone = [member for member in addresses if member not in alive]
+    if gone:
+        client.hdel(METRICS_ADDRESSES_KEY, *gone)
+    return targets

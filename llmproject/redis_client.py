@@ -1,4 +1,5 @@
-"""Redis clients shared by the web and worker sides, and Lua scripts run through them."""
+"""The asyncio Redis client of the running event loop, shared by the web and worker sides,
+a blocking one for synchronous code, and Lua scripts run through either."""
 
 from __future__ import annotations
 
@@ -51,8 +52,9 @@ def redis_client(url: str | None = None) -> aioredis.Redis:
 @functools.cache
 def sync_redis_client(url: str | None = None) -> redis.Redis:
     """A blocking Redis client for ``url`` (default ``REDIS_URL``), one per process, for
-    synchronous code (DRF views, a worker's task threads); thread-safe (a pool of
-    connections). Reads time out rather than hang a request on a half-open socket."""
+    synchronous code (DRF views, a worker's task threads, a metrics scrape);
+    thread-safe (a pool of connections). Reads time out rather than hang a request
+    on a half-open socket."""
     return redis.Redis.from_url(
         url or settings.REDIS_URL,
         decode_responses=True,

@@ -15,7 +15,7 @@ import time
 import redis.asyncio as aioredis
 from django.conf import settings
 
-from inference.liveness import heartbeat_key
+from inference.liveness import heartbeat_key, queue_forget_metrics_address, queue_metrics_address
 from llmproject.aio import cancel_and_wait
 
 logger = logging.getLogger(__name__)
@@ -26,10 +26,12 @@ def worker_id() -> str:
 
 
 class Heartbeat:
-    """Runs on a worker's engine loop: beats until closed, then deregisters."""
+    """Runs on a worker's engine loop: beats until closed, then deregisters. With each beat
+    it refreshes the worker's metrics address, if it serves metrics."""
 
-    def __init__(self, *, model: str) -> None:
+    def __init__(self, *, model: str, metrics_address: str | None = None) -> None:
         self.model = model
+        self.metrics_address = metrics_address
         self.member = worker_id()
         self._redis = aioredis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
         self._task: asyncio.Task[None] | None = None
@@ -49,6 +51,10 @@ class Heartbeat:
             # Dead workers' entries would otherwise stay forever.
             pipe.zremrangebyscore(key, "-inf", now - 10 * settings.LLM_HEARTBEAT_TTL)
             pipe.expire(key, math.ceil(10 * settings.LLM_HEARTBEAT_TTL))
+            if self.metrics_address:
+                queue_metrics_address(
+                    pipe, member=self.member, model=self.model, address=self.metrics_address
+                )
             await pipe.execute()
 
     async def _run(self) -> None:
@@ -62,7 +68,10 @@ class Heartbeat:
     async def close(self) -> None:
         await cancel_and_wait(self._task)
         try:
-            await self._redis.zrem(heartbeat_key(self.model), self.member)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(heartbeat_key(self.model), self.member)
+                queue_forget_metrics_address(pipe, member=self.member)
+                await pipe.execute()
         except Exception:
             logger.warning("could not deregister worker %s of %s", self.member, self.model, exc_info=True)
         await self._redis.aclose()

@@ -4,6 +4,7 @@ stored (or failed, or handed back for a retry). Called by the Celery task."""
 from __future__ import annotations
 
 import logging
+import traceback
 from datetime import timedelta
 
 import redis.exceptions
@@ -12,7 +13,7 @@ from django.db import connection
 from django.utils import timezone
 
 from conversations.lifecycle import job_claim, job_fail, job_finish, job_release
-from conversations.models import Message
+from conversations.models import InferenceJob, Message
 from conversations.storage.claim import Claim
 from conversations.streams.events import StreamEvent, Timings
 from conversations.streams.push import push_event
@@ -47,7 +48,11 @@ def job_run(*, job_id: int, worker: str) -> None:
     job = claim.job
     host = runtime.current_host()
     if host.spec.name != job.model:
-        job_fail(job_id=job.pk, error=f"worker serves {host.spec.name!r}, not {job.model!r}")
+        job_fail(
+            job_id=job.pk,
+            error=f"worker serves {host.spec.name!r}, not {job.model!r}",
+            error_kind=InferenceJob.ErrorKind.MISROUTED,
+        )
         return
     request = GenerationRequest(
         request_id=f"job-{job.pk}-{claim.attempt}",
@@ -76,26 +81,44 @@ def job_run(*, job_id: int, worker: str) -> None:
         )
     except EngineError as exc:
         if exc.permanent:
-            job_fail(job_id=job.pk, error=str(exc), attempt=claim.attempt)
+            job_fail(
+                job_id=job.pk,
+                error=str(exc),
+                error_kind=InferenceJob.ErrorKind.PERMANENT,
+                traceback=_traceback(exc),
+                attempt=claim.attempt,
+            )
         else:
             # The engine failing (not the request): the model's breaker counts it.
             breaker_record_failure(model=job.model, error=str(exc))
-            _retry_or_fail(claim=claim, error=str(exc), cause=exc)
+            _retry_or_fail(claim=claim, error=str(exc), kind=InferenceJob.ErrorKind.TRANSIENT, cause=exc)
         return
-    except TimeoutError:
+    except TimeoutError as exc:
         job_fail(
             job_id=job.pk,
             error=f"the answer took longer than the {settings.LLM_JOB_TIME_LIMIT} s limit",
+            error_kind=InferenceJob.ErrorKind.TIMEOUT,
+            traceback=_traceback(exc),
             attempt=claim.attempt,
         )
         return
     except redis.exceptions.ConnectionError as exc:
-        _retry_or_fail(claim=claim, error=f"lost Redis while streaming: {exc}", cause=exc)
+        _retry_or_fail(
+            claim=claim,
+            error=f"lost Redis while streaming: {exc}",
+            kind=InferenceJob.ErrorKind.STREAM,
+            cause=exc,
+        )
         return
 
     if stop_reason == "shutdown":
         # The worker is stopping: hand the job back whole, without using up an attempt.
-        job_release(claim=claim, error="the worker shut down during the answer", count_attempt=False)
+        job_release(
+            claim=claim,
+            error="the worker shut down during the answer",
+            error_kind=InferenceJob.ErrorKind.SHUTDOWN,
+            count_attempt=False,
+        )
         raise JobInterrupted(f"job {job.pk} interrupted by worker shutdown")
     stored = job_finish(
         claim=claim,
@@ -128,18 +151,25 @@ def job_run(*, job_id: int, worker: str) -> None:
         logger.exception("could not push the end of job %s", job.pk)
 
 
-def _retry_or_fail(*, claim: Claim, error: str, cause: Exception) -> None:
+def _retry_or_fail(*, claim: Claim, error: str, kind: InferenceJob.ErrorKind, cause: Exception) -> None:
     """After a transient failure: fail the job on its last attempt (and return), or give it
     back and raise ``TransientJobError`` for Celery to retry it."""
     if claim.attempt >= claim.job.max_attempts:
         job_fail(
             job_id=claim.job.pk,
             error=f"{error} (gave up after {claim.attempt} attempts)",
+            error_kind=kind,
+            traceback=_traceback(cause),
             attempt=claim.attempt,
         )
         return
-    job_release(claim=claim, error=error)
+    job_release(claim=claim, error=error, error_kind=kind, traceback=_traceback(cause))
     raise TransientJobError(error) from cause
+
+
+def _traceback(exc: BaseException) -> str:
+    """The failure's traceback as operators read it in the admin (failures only: not free)."""
+    return "".join(traceback.format_exception(exc))
 
 
 def _ms(delta: timedelta | None) -> float | None:

@@ -16,7 +16,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from conversations.admission import _queue_keys
+from conversations.admission import queue_keys
 from conversations.authentication import api_key_create
 from conversations.models import ApiKey, InferenceJob
 from inference.registry import get_model
@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 def forget_spare_queue() -> None:
     client = redis.Redis.from_url(settings.REDIS_URL)
-    client.delete("llm:admitting:spare", *_queue_keys(get_model("spare")))
+    client.delete("llm:admitting:spare", *queue_keys(get_model("spare")))
     client.close()
 
 

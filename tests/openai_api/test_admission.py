@@ -19,7 +19,7 @@ import redis
 from django.conf import settings
 from django.test import override_settings
 
-from conversations.admission import _queue_keys
+from conversations.admission import queue_keys
 from conversations.models import InferenceJob
 from inference.registry import get_model
 from tests.conftest import WorkerProcess, wait_for
@@ -35,14 +35,14 @@ BURST = 200
 
 def purge_spare_queue() -> None:
     client = redis.Redis.from_url(settings.REDIS_URL)
-    client.delete(*_queue_keys(get_model("spare")), "llm:admitting:spare")
+    client.delete(*queue_keys(get_model("spare")), "llm:admitting:spare")
     client.close()
 
 
 def queued() -> int:
     client = redis.Redis.from_url(settings.REDIS_URL)
     try:
-        return sum(client.llen(key) for key in _queue_keys(get_model("spare")))
+        return sum(client.llen(key) for key in queue_keys(get_model("spare")))
     finally:
         client.close()
 

@@ -18,7 +18,7 @@ import redis
 from django.conf import settings
 from django.test import override_settings
 
-from conversations.admission import _queue_keys
+from conversations.admission import queue_keys
 from conversations.models import InferenceJob
 from inference.breaker import breaker_key, breaker_states
 from inference.engines.simulated import TRANSIENT_MARKER
@@ -33,7 +33,7 @@ RESET = 2  # seconds open before a trial (the web side's setting)
 
 def forget_spare() -> None:
     client = redis.Redis.from_url(settings.REDIS_URL)
-    client.delete(breaker_key("spare"), "llm:admitting:spare", *_queue_keys(get_model("spare")))
+    client.delete(breaker_key("spare"), "llm:admitting:spare", *queue_keys(get_model("spare")))
     client.close()
 
 
