@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('conversations', '0002_inferencejob'),
+        ('conversations', '0003_job_failures'),
     ]
 
     operations = [
