@@ -34,13 +34,15 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 import redis.exceptions
 from django.conf import settings
 
-from llmproject.redis_client import LuaScript, sync_redis_client
+from llmproject.redis_client import LuaScript, redis_client, sync_redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -118,28 +120,76 @@ class BreakerState:
     last_error: str
 
 
+def _state(name: str, fields: dict[str, str], now: float) -> BreakerState:
+    since = float(fields["since"]) if "since" in fields else None
+    state = fields.get("state", CLOSED)
+    wait = since + settings.LLM_BREAKER_RESET - now if since is not None and state != CLOSED else 0
+    return BreakerState(
+        model=name,
+        state=state,
+        failures=int(fields.get("failures", 0)),
+        since=since,
+        retry_after=max(0, math.ceil(wait)),
+        last_error=fields.get("last_error", ""),
+    )
+
+
 def breaker_states() -> dict[str, BreakerState]:
-    """Every model's breaker, for operators (the admin, metrics, readiness)."""
+    """Every model's breaker, for operators (the admin, metrics). One round trip."""
     from inference.registry import models
 
     names = sorted(models())
-    client = _client()
-    with client.pipeline(transaction=False) as pipe:
+    with _client().pipeline(transaction=False) as pipe:
         for name in names:
             pipe.hgetall(breaker_key(name))
         raw = pipe.execute()
     now = time.time()
-    states = {}
-    for name, fields in zip(names, raw, strict=True):
-        since = float(fields["since"]) if "since" in fields else None
-        state = fields.get("state", CLOSED)
-        wait = since + settings.LLM_BREAKER_RESET - now if since is not None and state != CLOSED else 0
-        states[name] = BreakerState(
-            model=name,
-            state=state,
-            failures=int(fields.get("failures", 0)),
-            since=since,
-            retry_after=max(0, math.ceil(wait)),
-            last_error=fields.get("last_error", ""),
+    return {name: _state(name, fields, now) for name, fields in zip(names, raw, strict=True)}
+
+
+async def breakers_check() -> dict[str, Any]:
+    """For ``/readyz`` (``HEALTH_CHECKS``): the models whose breaker is not closed. Always
+    ``ok``: a web process serves every other model, and answers this one's requests
+    itself (503, or its fallback); taking it out of a load balancer would refuse them all."""
+    from inference.registry import models
+
+    names = sorted(models())
+    async with redis_client(settings.CELERY_BROKER_URL).pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.hgetall(breaker_key(name))
+        raw = await pipe.execute()
+    now = time.time()
+    states = [_state(name, fields, now) for name, fields in zip(names, raw, strict=True)]
+    return {
+        "ok": True,
+        "not_closed": {
+            s.model: {"state": s.state, "retry_after": s.retry_after} for s in states if s.state != CLOSED
+        },
+    }
+
+
+# As a number, for Prometheus: 0 closed, 1 half-open, 2 open.
+_LEVELS = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
+
+
+class BreakerCollector:
+    """A ``prometheus_client`` collector (``METRICS_COLLECTORS``): every model's breaker,
+    read from Redis when ``/metrics`` is scraped (the state is shared by all processes,
+    so no process's own gauge would be right)."""
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        state = GaugeMetricFamily(
+            "llm_circuit_breaker_state",
+            "A model's circuit breaker: 0 closed, 1 half-open, 2 open.",
+            labels=["model"],
         )
-    return states
+        failures = GaugeMetricFamily(
+            "llm_circuit_breaker_failures", "Engine failures of the model in a row.", labels=["model"]
+        )
+        for breaker in breaker_states().values():
+            state.add_metric([breaker.model], _LEVELS.get(breaker.state, 0))
+            failures.add_metric([breaker.model], breaker.failures)
+        yield state
+        yield failures

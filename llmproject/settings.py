@@ -392,7 +392,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2_6
 # server is unreachable (llmproject/postgresql/base.py): a 503 at once, not a
 # 500 after DB_POOL_TIMEOUT. A connect that gets no answer gives up after
 # DB_CONNECT_TIMEOUT seconds (libpq waits for ever, the pool's threads with it).
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+if DATABASES["default"]["ENGINE"].endswith(".backends.postgresql"):  # django-prometheus's included
     DATABASES["default"]["ENGINE"] = "llmproject.postgresql"
     DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=5))
 # The circuit breaker of each model (inference.breaker): this many engine
@@ -462,7 +462,7 @@ LLM_WORKER_METRICS_ADDR = env.str("LLM_WORKER_METRICS_ADDR", default="127.0.0.1"
 LLM_WORKER_METRICS_HOST = env.str("LLM_WORKER_METRICS_HOST", default="")
 # Read when Prometheus scrapes /metrics (dotted paths): queue depth and live
 # workers per model, from Redis. Other apps add theirs here.
-METRICS_COLLECTORS = ["conversations.queue_metrics.QueueCollector"]
+METRICS_COLLECTORS = ["conversations.queue_metrics.QueueCollector", "inference.breaker.BreakerCollector"]
 # The workers' metrics addresses, for /metrics/targets.
 METRICS_TARGETS = "inference.liveness.metrics_targets"
 # /readyz: name -> async check (dotted path) returning {"ok": bool, ...}.
@@ -470,6 +470,7 @@ HEALTH_CHECKS = {
     "database": "llmproject.health.database_check",
     "redis": "llmproject.health.redis_check",
     "workers": "inference.liveness.workers_check",
+    "breakers": "inference.breaker.breakers_check",
 }
 # Seconds each readiness check may take before it counts as down.
 HEALTH_CHECK_TIMEOUT = env.float("HEALTH_CHECK_TIMEOUT", default=2.0)

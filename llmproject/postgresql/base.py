@@ -1,5 +1,5 @@
-"""Django's PostgreSQL backend, with a connection pool that fails fast while the server
-is unreachable.
+"""Django's PostgreSQL backend (as django-prometheus wraps it, for its database
+metrics), with a connection pool that fails fast while the server is unreachable.
 
 psycopg_pool's ``getconn`` waits up to the pool's timeout (``DB_POOL_TIMEOUT``,
 10 s) for a connection. While the server is down none ever comes: every
@@ -30,7 +30,7 @@ import time
 from typing import Any
 
 import psycopg
-from django.db.backends.postgresql import base
+from django_prometheus.db.backends.postgresql import base
 
 logger = logging.getLogger(__name__)
 

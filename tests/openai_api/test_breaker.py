@@ -101,6 +101,14 @@ def test_after_repeated_engine_failures_the_model_is_refused_then_tried_then_clo
     assert response.json()["error"]["code"] == "model_unavailable"
     assert int(response.headers["retry-after"]) > 0
     assert InferenceJob.objects.count() == jobs  # nothing queued to fail
+    # Operators see it: Prometheus's scrape and the readiness body (still 200: the web
+    # process serves the other models, and answers this one's requests itself).
+    root = openai_server.base_url.removesuffix("/v1")
+    metrics = httpx.get(f"{root}/metrics").text
+    assert 'llm_circuit_breaker_state{model="spare"} 2.0' in metrics
+    assert 'llm_circuit_breaker_state{model="echo"} 0.0' in metrics
+    ready = httpx.get(f"{root}/readyz").json()
+    assert ready["checks"]["breakers"]["not_closed"]["spare"]["state"] == "open"
 
     time.sleep(int(refused["Retry-After"]))
     trial = post()
@@ -110,6 +118,7 @@ def test_after_repeated_engine_failures_the_model_is_refused_then_tried_then_clo
 
     job_ends(trial, "succeeded")
     assert breaker_states()["spare"].state == "closed"
+    assert 'llm_circuit_breaker_state{model="spare"} 0.0' in httpx.get(f"{root}/metrics").text
     assert post().status_code == 202
 
 
