@@ -21,8 +21,8 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
 import random
+import secrets
 import signal
 import socket
 import statistics
