@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.validators import ProhibitNullCharactersValidator
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -17,10 +19,12 @@ from drf_spectacular.utils import (
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.validators import ProhibitSurrogateCharactersValidator
 from rest_framework.views import APIView
 
 import conversations.openapi  # noqa: F401  (registers the API key scheme for the schema)
 from conversations import selectors, services
+from conversations.authentication import KeyGrant
 from conversations.dispatch import job_cancel, job_retry
 from conversations.models import Message
 from conversations.serializers import (
@@ -34,6 +38,7 @@ from inference.params import MAX_STOP_SEQUENCES
 from llmproject.exceptions import Conflict, InvalidInput
 from llmproject.openapi import RETRY_AFTER, error_responses
 from llmproject.pagination import PageNumberPagination
+from llmproject.throttling import token_cost, tokens_charge
 
 
 @extend_schema_field(
@@ -45,16 +50,24 @@ from llmproject.pagination import PageNumberPagination
     }
 )
 class StopField(serializers.Field):
-    """``stop`` is a string or a list of strings, as in OpenAI's API."""
+    """``stop`` is a string or a list of strings, as in OpenAI's API; text only, as
+    DRF's ``CharField`` takes it (no lone surrogate, no NUL: PostgreSQL's jsonb
+    refuses both)."""
 
     default_error_messages = {"invalid": "must be a string or a list of strings"}
+    _text_validators = (ProhibitNullCharactersValidator(), ProhibitSurrogateCharactersValidator())
 
     def to_internal_value(self, data: object) -> list[str]:
-        if isinstance(data, str):
-            return [data]
-        if isinstance(data, list) and all(isinstance(s, str) for s in data):
-            return data
-        self.fail("invalid")
+        strings = [data] if isinstance(data, str) else data
+        if not isinstance(strings, list) or not all(isinstance(s, str) for s in strings):
+            self.fail("invalid")
+        for string in strings:
+            for validate in self._text_validators:
+                try:
+                    validate(string)
+                except DjangoValidationError as exc:
+                    raise serializers.ValidationError(exc.messages) from None
+        return strings
 
     def to_representation(self, value: list[str]) -> list[str]:
         return value
@@ -75,13 +88,22 @@ class GenerationInputSerializer(serializers.Serializer):
     stop = StopField(required=False)
     seed = serializers.IntegerField(required=False, min_value=0, max_value=2**63 - 1)
     ignore_eos = serializers.BooleanField(required=False, default=False)
-    priority = serializers.IntegerField(required=False, min_value=0, max_value=9, default=5)
+    priority = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=9,
+        help_text="0 (lowest) to 9 (highest): the queue's order. Default: the API key's (5).",
+    )
 
 
-def _generation(validated: dict[str, Any]) -> dict[str, Any]:
-    """A generation serializer's data as the services take it: model, params, priority."""
+def _generation(request: Request, validated: dict[str, Any]) -> dict[str, Any]:
+    """A generation serializer's data as the services take it: model, params, priority
+    (the API key's default when none is given; a browser session: the middle)."""
     params = dict(validated)
-    return {"model": params.pop("model", None), "priority": params.pop("priority"), "params": params}
+    priority = params.pop("priority", None)
+    if priority is None:
+        priority = request.auth.priority if isinstance(request.auth, KeyGrant) else 5
+    return {"model": params.pop("model", None), "priority": priority, "params": params}
 
 
 def _int_param(request: Request, name: str) -> int:
@@ -227,7 +249,7 @@ class MessageListCreateApi(APIView):
                     "websocket": serializers.CharField(),
                 },
             ),
-            **error_responses(400, 404, 503),
+            **error_responses(400, 404, 429, 503),
         },
         parameters=[_LOCATION, RETRY_AFTER],
     )
@@ -249,8 +271,10 @@ class MessageListCreateApi(APIView):
                 else selectors.message_get(conversation=conversation, message_id=parent_id, field="parent")
             )
         posted = services.message_post(
-            conversation=conversation, content=content, parent=parent, **_generation(data)
+            conversation=conversation, content=content, parent=parent, **_generation(request, data)
         )
+        tokens = token_cost(max_tokens=posted.job.params["max_tokens"], text_chars=len(content))
+        tokens_charge(user=request.user, tokens=tokens, throttles=self.throttle_classes)
         body = {
             "user_message": MessageOutputSerializer(posted.user_message).data,
             "assistant_message": MessageOutputSerializer(posted.assistant_message).data,
@@ -273,7 +297,7 @@ class MessageRegenerateApi(APIView):
                     "websocket": serializers.CharField(),
                 },
             ),
-            **error_responses(400, 404, 503),
+            **error_responses(400, 404, 429, 503),
         },
         parameters=[_LOCATION, RETRY_AFTER],
     )
@@ -285,7 +309,11 @@ class MessageRegenerateApi(APIView):
         reply = selectors.message_get(conversation=conversation, message_id=message_id)
         serializer = GenerationInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        regenerated = services.message_regenerate(reply=reply, **_generation(serializer.validated_data))
+        regenerated = services.message_regenerate(
+            reply=reply, **_generation(request, serializer.validated_data)
+        )
+        tokens = token_cost(max_tokens=regenerated.job.params["max_tokens"], text_chars=0)
+        tokens_charge(user=request.user, tokens=tokens, throttles=self.throttle_classes)
         body = {
             "assistant_message": MessageOutputSerializer(regenerated.assistant_message).data,
             "job": JobOutputSerializer(regenerated.job).data,

@@ -12,6 +12,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
+from conversations.admission import model_admit_sync
 from conversations.dispatch import job_build, job_publish
 from conversations.eventlog import event_build, event_record
 from conversations.models import Conversation, ConversationEvent, InferenceJob, Message
@@ -78,16 +79,46 @@ def message_post(
     siblings, each with its own answers. The reply's history is the message's
     branch.
 
-    All rows are written in one transaction; the job is published to its
-    model's queue only once that transaction has committed (a worker must
-    never pick up a job it cannot read yet). If the queue cannot be reached,
-    the job and reply are marked failed and ``ServiceUnavailable`` is raised.
+    The model must have room in its queue and its breaker closed (else
+    ``TooManyRequests`` / ``ServiceUnavailable``, nothing stored); while its
+    breaker is open the registry's fallback model, if any, takes the job. All
+    rows are written in one transaction; the job is published to its model's
+    queue only once that transaction has committed (a worker must never pick
+    up a job it cannot read yet). If the queue cannot be reached, the job and
+    reply are marked failed and ``ServiceUnavailable`` is raised.
     """
     if isinstance(parent, Message) and parent.conversation_id != conversation.pk:
         raise InvalidInput(f"message {parent.pk} is not in this conversation", field="parent")
     spec = inference_params.resolve_model(model or conversation.model)
     sampling = inference_params.sampling_params(spec, params or {})
     inference_params.check_fits(spec, content, sampling["max_tokens"])
+    admission = model_admit_sync(spec=spec)
+    try:
+        if admission.spec is not spec:
+            spec = admission.spec
+            sampling = inference_params.sampling_params(spec, params or {})
+            inference_params.check_fits(spec, content, sampling["max_tokens"])
+        return _message_store(
+            conversation=conversation,
+            content=content,
+            parent=parent,
+            spec=spec,
+            sampling=sampling,
+            priority=priority,
+        )
+    finally:
+        admission.release()  # the job is in its queue by now (or failed)
+
+
+def _message_store(
+    *,
+    conversation: Conversation,
+    content: str,
+    parent: Message | Literal["latest"] | None,
+    spec: ModelSpec,
+    sampling: dict[str, Any],
+    priority: int,
+) -> PostedMessage:
     correlation_id = uuid.uuid4()
     logcontext.bind(correlation=correlation_id)
     with transaction.atomic():
@@ -142,8 +173,8 @@ def message_regenerate(
     ``reply`` (same parent, same history), with its job. ``reply`` stays as it is (if
     it is still being generated, it goes on).
 
-    Raises ``InvalidInput`` if ``reply`` is not an assistant's message. Published
-    after commit, as in ``message_post``.
+    Raises ``InvalidInput`` if ``reply`` is not an assistant's message. Admitted
+    (queue room, breaker, fallback) and published after commit as in ``message_post``.
     """
     if reply.role != Message.Role.ASSISTANT:
         raise InvalidInput(
@@ -151,21 +182,34 @@ def message_regenerate(
             code="not_an_answer",
         )
     conversation = reply.conversation
+    question = reply.parent.content if reply.parent and reply.parent.role == Message.Role.USER else ""
+
+    def checked(spec: ModelSpec) -> dict[str, Any]:
+        sampling = inference_params.sampling_params(spec, params or {})
+        inference_params.check_fits(spec, question, sampling["max_tokens"])
+        return sampling
+
     spec = inference_params.resolve_model(model or conversation.model)
-    sampling = inference_params.sampling_params(spec, params or {})
-    question = reply.parent
-    if question is not None and question.role == Message.Role.USER:
-        inference_params.check_fits(spec, question.content, sampling["max_tokens"])
-    with transaction.atomic():
-        assistant_message, job = _reply_queue(
-            conversation=conversation,
-            parent_id=reply.parent_id,
-            spec=spec,
-            sampling=sampling,
-            priority=priority,
-            correlation_id=uuid.uuid4(),
-        )
-        conversation.save(update_fields=["updated_at"])
+    sampling = checked(spec)
+    admission = model_admit_sync(spec=spec)
+    try:
+        if admission.spec is not spec:
+            spec = admission.spec
+            sampling = checked(spec)
+        correlation_id = uuid.uuid4()
+        logcontext.bind(correlation=correlation_id)
+        with transaction.atomic():
+            assistant_message, job = _reply_queue(
+                conversation=conversation,
+                parent_id=reply.parent_id,
+                spec=spec,
+                sampling=sampling,
+                priority=priority,
+                correlation_id=correlation_id,
+            )
+            conversation.save(update_fields=["updated_at"])
+    finally:
+        admission.release()
     return RegeneratedReply(assistant_message=assistant_message, job=job)
 
 

@@ -20,3 +20,9 @@ urlpatterns = [
     # The browser chat (its pages, the login and the API keys page), last: it owns "/".
     path("", include("chat.urls")),
 ]
+
+# Errors Django answers itself, in the JSON shape of /api/ and /v1/ under those prefixes.
+handler400 = "llmproject.error_views.bad_request"
+handler403 = "llmproject.error_views.permission_denied"
+handler404 = "llmproject.error_views.page_not_found"
+handler500 = "llmproject.error_views.server_error"

@@ -17,6 +17,7 @@ from conversations.models import InferenceJob, Message
 from conversations.storage.claim import Claim
 from conversations.streams.events import StreamEvent, Timings
 from conversations.streams.push import push_event
+from inference.breaker import breaker_record_failure, breaker_record_success
 from inference.engines.base import EngineError
 from inference.requests import GenerationRequest, SamplingParams
 from workers import runtime
@@ -88,6 +89,8 @@ def job_run(*, job_id: int, worker: str) -> None:
                 attempt=claim.attempt,
             )
         else:
+            # The engine failing (not the request): the model's breaker counts it.
+            breaker_record_failure(model=job.model, error=str(exc))
             _retry_or_fail(claim=claim, error=str(exc), kind=InferenceJob.ErrorKind.TRANSIENT, cause=exc)
         return
     except TimeoutError as exc:
@@ -128,6 +131,7 @@ def job_run(*, job_id: int, worker: str) -> None:
     )
     if not stored:
         return
+    breaker_record_success(model=job.model)
     if result.finish_reason == "abort":
         event: StreamEvent = {"event": "cancelled", "message_id": job.message_id, "content": result.text}
     else:

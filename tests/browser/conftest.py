@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, WorkerProcess, worker_env
-from tests.openai_api.conftest import ServerProcess, start_server
+from tests.openai_api.conftest import ServerProcess, free_port, start_server
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
@@ -89,7 +89,9 @@ class ChatServer:
     def _start(self, port: int | None) -> ServerProcess:
         self.starts += 1
         log = self.log_dir / f"uvicorn-{self.starts}.log"
-        return start_server(self.django_db_blocker, log, port=port, **self.ENV)
+        port = port or free_port()
+        # PORT: the page's own origin is the one allowed to open WebSockets with a session.
+        return start_server(self.django_db_blocker, log, port=port, PORT=str(port), **self.ENV)
 
     @property
     def url(self) -> str:
