@@ -8,8 +8,8 @@ from django.db.migrations.executor import MigrationExecutor
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-BEFORE_PARENTS = [("conversations", "0003_job_failures")]
-PARENTS = [("conversations", "0004_message_parent")]
+BEFORE_PARENTS = [("conversations", "0004_apikey_default_priority")]
+PARENTS = [("conversations", "0005_message_parent")]
 
 
 def _migrate(targets):

@@ -20,7 +20,7 @@ def parent_is_the_previous_message(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('conversations', '0003_job_failures'),
+        ('conversations', '0004_apikey_default_priority'),
     ]
 
     operations = [
