@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
+import redis
+from django.conf import settings
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.select import Select
 
 from conversations.models import Conversation, InferenceJob, Message
+from inference.breaker import breaker_key
 from inference.engines.simulated import TRANSIENT_MARKER, simulated_tokens
 from inference.registry import get_model
 from inference.requests import ChatMessage
@@ -347,7 +351,17 @@ def test_a_waiting_answer_tells_its_place_and_stop_cancels_it(log_in, make_perso
             connection.default_channel.queue_purge("llm.spare")
 
 
-def test_a_failed_answer_shows_why_and_retry_generates_it_anew(log_in, make_person):
+@pytest.fixture
+def echo_breaker_reset() -> Iterator[None]:
+    """Six transient failures in a row open echo's circuit breaker for every later test:
+    closed again (forgotten) after the test."""
+    yield
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.delete(breaker_key("echo"))
+    client.close()
+
+
+def test_a_failed_answer_shows_why_and_retry_generates_it_anew(log_in, make_person, echo_breaker_reset):
     browser = log_in(make_person())
     pick_model(browser, "echo")
     browser.script(WATCH_RENDERS)
