@@ -19,6 +19,7 @@ other.
 from __future__ import annotations
 
 import os
+import secrets
 import statistics
 import sys
 import time
@@ -28,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmproject.settings")
 os.environ.setdefault("DB_POOL", "false")
+os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))  # the settings want one
 
 import django
 

@@ -96,4 +96,4 @@ def test_no_input_gets_a_server_error(fuzzed_server: ServerProcess, api_user: Ap
     summary = run.stdout[run.stdout.find("SUMMARY") :]
     print(summary)
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
-    assert "Tested: 12" in summary  # every operation of the REST API and /v1/
+    assert "Tested: 14" in summary  # every operation of the REST API and /v1/
