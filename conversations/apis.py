@@ -25,7 +25,7 @@ from rest_framework.views import APIView
 import conversations.openapi  # noqa: F401  (registers the API key scheme for the schema)
 from conversations import selectors, services
 from conversations.authentication import KeyGrant
-from conversations.dispatch import job_cancel, job_retry
+from conversations.dispatch import job_cancel
 from conversations.models import Message
 from conversations.serializers import (
     ConversationOutputSerializer,
@@ -342,14 +342,15 @@ class JobCancelApi(APIView):
 class JobRetryApi(APIView):
     @extend_schema(
         request=None,
-        responses={202: JobOutputSerializer, **error_responses(404, 409, 503)},
+        responses={202: JobOutputSerializer, **error_responses(404, 409, 429, 503)},
         parameters=[RETRY_AFTER],
     )
     def post(self, request: Request, job_id: int) -> Response:
         """Try a failed job again, in place: its answer is generated anew (clients see
-        ``started`` again). 409 unless the job has failed."""
+        ``started`` again). 409 unless the job has failed; 429 / 503 as when posting a
+        message (the model's queue full, its breaker open)."""
         job = selectors.job_get(owner=request.user, job_id=job_id)
-        retried = job_retry(job=job, by=f"user {request.user.get_username()}")
+        retried = services.message_retry(job=job, by=f"user {request.user.get_username()}")
         job.refresh_from_db()
         if not retried:
             raise Conflict(

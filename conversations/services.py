@@ -8,19 +8,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
 from conversations.admission import model_admit_sync
-from conversations.dispatch import job_build, job_publish
+from conversations.dispatch import job_build, job_publish, job_retry
 from conversations.eventlog import event_build, event_record
 from conversations.models import Conversation, ConversationEvent, InferenceJob, Message
 from conversations.storage.chat import chat_insert
 from inference import params as inference_params
 from inference.registry import ModelSpec
 from llmproject import logcontext
-from llmproject.exceptions import InvalidInput
+from llmproject.exceptions import InvalidInput, ServiceUnavailable
 
 TITLE_LENGTH = 60
 # A message posted with ``parent=LATEST`` follows the conversation's latest message (a
@@ -211,6 +212,26 @@ def message_regenerate(
     finally:
         admission.release()
     return RegeneratedReply(assistant_message=assistant_message, job=job)
+
+
+def message_retry(*, job: InferenceJob, by: str) -> bool:
+    """A person's retry of their own failed answer: ``job_retry`` (the same message is
+    generated again, in place), admitted first as a new message is: ``TooManyRequests``
+    when the model's queue is full, ``ServiceUnavailable`` while its breaker is open (a
+    fallback model cannot take over a job that exists). False if the job is not failed.
+    """
+    spec = inference_params.resolve_model(job.model)
+    admission = model_admit_sync(spec=spec)
+    try:
+        if admission.spec is not spec:
+            raise ServiceUnavailable(
+                f"model {spec.name!r} is failing (its circuit breaker is open); try again later",
+                code="model_unavailable",
+                retry_after=max(1, round(settings.LLM_BREAKER_RESET)),
+            )
+        return job_retry(job=job, by=by)
+    finally:
+        admission.release()  # published by now (or not retried)
 
 
 @dataclass(frozen=True, slots=True)

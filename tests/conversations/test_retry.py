@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import redis
+from django.conf import settings
 
 from conversations.dispatch import job_retry
 from conversations.lifecycle import job_fail
 from conversations.models import ConversationEvent, InferenceJob, Message
+from inference.breaker import breaker_key, breaker_record_failure
 from tests.factories import ConversationFactory
 
 pytestmark = pytest.mark.django_db
@@ -46,4 +49,19 @@ def test_only_a_failed_answer_is_retried(api_user, failed_job):
 
 def test_nobody_retries_someone_elses_answer(make_api_user, failed_job):
     assert make_api_user().client().post(f"/api/jobs/{failed_job.pk}/retry/").status_code == 404
+    assert InferenceJob.objects.get(pk=failed_job.pk).state == "failed"
+
+
+def test_no_retry_while_the_models_breaker_is_open(api_user, failed_job):
+    for _ in range(settings.LLM_BREAKER_FAILURES):
+        breaker_record_failure(model="spare", error="the engine fell over")
+    try:
+        response = api_user.client().post(f"/api/jobs/{failed_job.pk}/retry/")
+    finally:
+        client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+        client.delete(breaker_key("spare"))
+        client.close()
+
+    assert response.status_code == 503
+    assert response["Retry-After"]
     assert InferenceJob.objects.get(pk=failed_job.pk).state == "failed"
