@@ -173,6 +173,12 @@ class WorkerProcess:
         assert replies, "worker did not answer engine_stats"
         return replies[0][self.name]
 
+    def active_tasks(self) -> list[dict[str, Any]]:
+        """The tasks the worker is running now (Celery's ``inspect active``)."""
+        replies = celery_app.control.inspect(destination=[self.name], timeout=5).active()
+        assert replies, "worker did not answer inspect active"
+        return list(replies[self.name])
+
     def pause(self) -> None:
         """Stop taking jobs from the model's queue (they wait there), like an operator would."""
         replies = celery_app.control.cancel_consumer(

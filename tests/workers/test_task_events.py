@@ -60,7 +60,7 @@ def event_log(echo_worker: WorkerProcess) -> Iterator[EventLog]:
         celery_app.control.disable_events(destination=[echo_worker.name])
 
 
-def run_one_job(api_user: ApiUser) -> int:
+def run_one_job(api_user: ApiUser, worker: WorkerProcess) -> int:
     conversation = ConversationFactory(owner=api_user.user)
     response = api_user.client().post(
         f"/api/conversations/{conversation.pk}/messages/", {"content": "hi", "max_tokens": 4}, format="json"
@@ -68,16 +68,19 @@ def run_one_job(api_user: ApiUser) -> int:
     assert response.status_code == 202, response.content
     job_id = response.json()["job"]["id"]
     wait_for(lambda: InferenceJob.objects.get(pk=job_id).state == "succeeded")
+    # The answer is stored before the task returns: wait until the worker has done
+    # with it, or a later enable_events could still catch its task-succeeded.
+    wait_for(lambda: worker.active_tasks() == [], timeout=10)
     return job_id
 
 
 def test_workers_send_task_events_only_while_flower_asks_for_them(echo_worker, api_user, event_log):
-    quiet = run_one_job(api_user)
+    quiet = run_one_job(api_user, echo_worker)
 
     # What Flower does every few seconds while it runs (its enable_events option).
     replies = celery_app.control.enable_events(destination=[echo_worker.name], reply=True, timeout=5)
     assert replies, "worker did not answer enable_events"
-    watched = run_one_job(api_user)
+    watched = run_one_job(api_user, echo_worker)
     wait_for(lambda: "task-succeeded" in event_log.for_job(watched), timeout=10)
 
     assert event_log.for_job(quiet) == []
