@@ -84,6 +84,8 @@ class ConversationEvent(models.Model):
         RESPONSE_GENERATED = "response_generated"
         INFERENCE_FAILED = "inference_failed"
         INFERENCE_CANCELLED = "inference_cancelled"
+        # The reconciler acted on a stuck job (payload: action, reason, attempt).
+        JOB_RECONCILED = "job_reconciled"
 
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="events")
     message = models.ForeignKey(

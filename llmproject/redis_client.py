@@ -1,10 +1,12 @@
-"""The asyncio Redis client of the running event loop, shared by the web and worker sides."""
+"""Redis clients shared by the web and worker sides: the asyncio one of the running event
+loop, and a blocking one for code outside any loop."""
 
 from __future__ import annotations
 
 import asyncio
 import weakref
 
+import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
@@ -22,4 +24,21 @@ def redis_client(url: str | None = None) -> aioredis.Redis:
     if client is None:
         client = aioredis.Redis.from_url(url, decode_responses=True)
         clients[url] = client
+    return client
+
+
+_sync_clients: dict[str, redis.Redis] = {}
+
+
+def sync_redis_client(url: str | None = None) -> redis.Redis:
+    """A blocking Redis client for ``url`` (default ``REDIS_URL``), one per process and URL
+    (thread-safe: its connection pool hands each thread its own connection). For code
+    that runs outside an event loop: a worker's task threads, the reconciler."""
+    url = url or settings.REDIS_URL
+    client = _sync_clients.get(url)
+    if client is None:
+        # Bounded waits: a Redis that stops answering must not hang a caller for good.
+        client = _sync_clients[url] = redis.Redis.from_url(
+            url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2
+        )
     return client

@@ -302,6 +302,15 @@ LLM_MAX_QUEUED_PER_MODEL = env.int("LLM_MAX_QUEUED_PER_MODEL", default=256)
 # DEFAULT_THROTTLE_RATES; none by default.
 OPENAI_API_THROTTLE_CLASSES = env.list("OPENAI_API_THROTTLE_CLASSES", default=[])
 
+# --- Reconciler (manage.py reconcile, one per deployment) -------------------
+# How often it looks for stuck jobs. A worker's jobs run again within about
+# LLM_HEARTBEAT_TTL + this after it dies (its beat must lapse first).
+LLM_RECONCILE_INTERVAL = env.float("LLM_RECONCILE_INTERVAL", default=1.0)
+# A queued job whose message has been nowhere in the broker (not queued, not
+# just taken by a worker, not waiting for its retry time) for this long is
+# published again: long enough that a message on its way is never taken for lost.
+LLM_RECONCILE_GRACE = env.float("LLM_RECONCILE_GRACE", default=5.0)
+
 if env.str("LLM_MODELS_FILE", default=""):
     LLM_MODELS = json.loads(Path(env.str("LLM_MODELS_FILE")).read_text())
 else:
