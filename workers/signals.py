@@ -50,7 +50,9 @@ def start_engine(sender: Any = None, **kwargs: Any) -> None:
     if not model:
         return
     from workers import runtime
+    from workers.broker import redis_transport_survive_reconnects
 
+    redis_transport_survive_reconnects()
     spec = worker_model_spec(os.environ)
     if spec is None:
         logger.critical("%s=%r is not in the model registry", WORKER_MODEL_ENV, model)

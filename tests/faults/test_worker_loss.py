@@ -1,0 +1,138 @@
+"""A worker killed mid-answer: its jobs run again within seconds, once; a cancel still ends them."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import pytest
+
+from conversations.models import ConversationEvent, InferenceJob
+from inference.engines.simulated import simulated_tokens
+from inference.requests import ChatMessage
+from tests.conftest import wait_for
+from tests.factories import ConversationFactory
+from tests.faults.conftest import FaultStack, StackWorker, jobs_of, wait_until_final
+
+pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
+
+# About 6 s of answer on the stack's workers: long enough to be killed twice.
+LONG = {"max_tokens": 600, "ignore_eos": True}
+
+
+def expected(content: str, max_tokens: int) -> str:
+    return "".join(simulated_tokens((ChatMessage("user", content),), max_tokens, ignore_eos=True))
+
+
+def post_jobs(stack: FaultStack, api_user, n: int, label: str) -> dict[int, str]:
+    """``n`` long jobs, each in a conversation of its own: job id -> its prompt."""
+    jobs = {}
+    for i in range(n):
+        conversation = ConversationFactory(owner=api_user.user, model="echo")
+        content = f"{label} {i}"
+        jobs[stack.post(api_user.key, conversation.pk, {"content": content, **LONG})["job"]["id"]] = content
+    return jobs
+
+
+def worker_running_most(stack: FaultStack, job_ids: list[int]) -> StackWorker:
+    """Once every job of ``job_ids`` runs: the worker that runs most of them."""
+    jobs = wait_for(
+        lambda: (j := jobs_of(job_ids)) and all(job.state == "running" for job in j.values()) and j,
+        timeout=30,
+    )
+    worker_id, _ = Counter(job.worker for job in jobs.values()).most_common(1)[0]
+    worker = next(w for w in stack.workers if worker_id.startswith(f"{w.name}:"))
+    worker.wait_ready()
+    assert worker.worker_id == worker_id
+    return worker
+
+
+def kill(stack: FaultStack, worker: StackWorker, among: list[int]) -> tuple[list[int], list[float]]:
+    """SIGKILL ``worker`` (its sibling up) and start it again, as its supervisor would.
+    Returns the jobs of ``among`` it was running, and the seconds from the kill to each
+    one's next attempt starting."""
+    for sibling in stack.workers:
+        if sibling is not worker:
+            sibling.wait_ready()
+    killed_at = worker.kill()
+    victims = {
+        pk: job.attempts
+        for pk, job in jobs_of(among).items()
+        if job.state == "running" and job.worker == worker.worker_id
+    }
+    worker.respawn()
+    started = wait_for(
+        lambda: (
+            (j := jobs_of(list(victims)))
+            and all(job.attempts > victims[pk] and job.state != "queued" for pk, job in j.items())
+            and j
+        ),
+        timeout=30,
+    )
+    return list(victims), [started[pk].started_at.timestamp() - killed_at for pk in victims]
+
+
+def test_the_jobs_of_a_killed_worker_run_again_within_seconds_kill_after_kill(healthy_stack, api_user):
+    stack = healthy_stack
+    prompts = post_jobs(stack, api_user, 4, "first")
+    victims, recovery = kill(stack, worker_running_most(stack, list(prompts)), list(prompts))
+    kills = Counter(victims)
+    # The same jobs, killed again on the worker that took them over.
+    victims, took = kill(stack, worker_running_most(stack, victims), list(prompts))
+    kills.update(victims)
+    recovery += took
+    second = post_jobs(stack, api_user, 4, "second")
+    prompts.update(second)
+    victims, took = kill(stack, worker_running_most(stack, list(second)), list(prompts))
+    kills.update(victims)
+    recovery += took
+
+    jobs = wait_until_final(list(prompts), timeout=60)
+    for pk, job in jobs.items():
+        assert (job.state, job.message.status) == ("succeeded", "completed"), (pk, job.last_error)
+        assert job.attempts == 1 + kills[pk]
+        assert job.message.content == expected(prompts[pk], LONG["max_tokens"])
+    answers = Counter(
+        ConversationEvent.objects.filter(
+            kind="response_generated", message__job__in=list(prompts)
+        ).values_list("message__job", flat=True)
+    )
+    assert answers == Counter(list(prompts)), "one stored answer per job"
+    print(
+        f"\nSIGKILL -> the worker's jobs running again on another worker ({len(recovery)} jobs, 3 kills, "
+        f"LLM_HEARTBEAT_TTL=6, LLM_RECONCILE_INTERVAL=1): mean {sum(recovery) / len(recovery):.1f} s, "
+        f"max {max(recovery):.1f} s"
+    )
+    assert max(recovery) < 15
+
+
+def test_a_cancel_asked_after_its_worker_died_ends_the_job_with_the_text_its_client_saw(
+    healthy_stack, api_user
+):
+    stack = healthy_stack
+    conversation = ConversationFactory(owner=api_user.user, model="echo")
+    watcher = stack.watch(api_user.key, conversation.pk)
+    try:
+        posted = stack.post(
+            api_user.key, conversation.pk, {"content": "stop me", "max_tokens": 3000, "ignore_eos": True}
+        )
+        job_id, message_id = posted["job"]["id"], posted["assistant_message"]["id"]
+        wait_for(lambda: sum(e["event"] == "delta" for e in watcher.events) >= 5, timeout=20)
+        job = InferenceJob.objects.get(pk=job_id)
+        worker = next(w for w in stack.workers if job.worker.startswith(f"{w.name}:"))
+        assert worker.worker_id == job.worker
+        worker.kill()
+        response = stack.cancel(api_user.key, job_id)
+        assert response.status_code == 202, response.text
+
+        asked = time.monotonic()
+        [job] = wait_until_final([job_id], timeout=30).values()
+        took = time.monotonic() - asked
+        final = wait_for(lambda: watcher.final(message_id), timeout=10)
+    finally:
+        watcher.close()
+    assert (job.state, job.attempts, job.message.status) == ("cancelled", 1, "cancelled")
+    streamed = "".join(e["text"] for e in watcher.events if e["event"] == "delta")
+    assert streamed and job.message.content == streamed
+    assert (final["event"], final["content"]) == ("cancelled", streamed)
+    print(f"\ncancel of a job whose worker died: cancelled {took:.1f} s after the request")
