@@ -33,8 +33,14 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# The fault tests (tests/faults) start a redis-server of their own.
+.PHONY: fault-test-deps
+fault-test-deps:
+	@command -v redis-server >/dev/null || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server)
+
 # SQLite unless DATABASE_URL is set (.ci/run points it at PostgreSQL).
-test: lint
+test: lint fault-test-deps
 	REDIS_URL="$$(scripts/ensure-redis.sh)" $(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -36,6 +36,7 @@ trap stop INT TERM EXIT
 "$PY" manage.py run_workers > var/log/workers.log 2>&1 & pids+=($!)
 "$PY" -m celery -A llmproject flower --address=127.0.0.1 --port="$FLOWER_PORT" \
   --basic-auth="${FLOWER_BASIC_AUTH:-$user:$password}" > var/log/flower.log 2>&1 & pids+=($!)
+"$PY" manage.py reconcile > var/log/reconciler.log 2>&1 & pids+=($!)
 
 for _ in $(seq 100); do
   curl -sf -o /dev/null "http://127.0.0.1:$PORT/api/schema/" && break

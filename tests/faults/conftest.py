@@ -5,8 +5,9 @@ without persistence; the machine's Redis is never touched), the web server
 (uvicorn), two workers of model ``echo`` (``run_workers echo --group 0`` and
 ``--group 1``: two GPU groups' worth, on one host) and the reconciler
 (``manage.py reconcile``), all pointed at that Redis and at the test database.
-On PostgreSQL they reach the database through a TCP proxy the tests can cut;
-on SQLite a write lock held by the test stands in for an outage.
+On PostgreSQL the workers and the reconciler reach the database through a
+TCP proxy the tests can cut; on SQLite a write lock held by the test stands in
+for an outage.
 
 It lives for the package (tests/faults) and is torn down before any other
 test runs: its reconciler would take back the jobs of the session's own
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 import redis
 from celery import Celery
@@ -231,29 +233,45 @@ class StackWorker(WorkerProcess):
         super().__init__("echo", log, group=self.group, **self.stack.env)
         self.pid: int | None = None
 
+    def _celery_pid(self) -> int | None:
+        """The Celery worker process its launcher started."""
+        try:
+            children = psutil.Process(self.proc.pid).children()
+        except psutil.NoSuchProcess:
+            return None
+        return next((c.pid for c in children if "celery" in " ".join(c.cmdline())), None)
+
     def beat_member(self) -> str | None:
-        """Its id in the heartbeats (``echo-N@host:pid``), once it beats."""
+        """Its entry in the heartbeats, once it beats."""
+        if self.pid is None:
+            self.pid = self._celery_pid()
+        if self.pid is None:
+            return None
         members = self.stack.redis_client.zrangebyscore(
             "llm:workers:echo", time.time() - settings.LLM_HEARTBEAT_TTL, "+inf"
         )
-        return next((m for m in members if m.startswith(f"{self.name}:")), None)
+        return next((m for m in members if m.endswith(f":{self.pid}")), None)
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.output()}")
-            member = self.beat_member()
-            if member is not None:
-                self.pid = int(member.rsplit(":", 1)[1])
+            if self.beat_member() is not None:
                 return
             time.sleep(0.1)
         raise RuntimeError(f"worker not ready after {timeout} s:\n{self.output()}")
 
     @property
     def worker_id(self) -> str:
+        """What its jobs' ``worker`` field holds while it runs them."""
         assert self.pid is not None
         return f"{self.name}:{self.pid}"
+
+    def runs(self, job: InferenceJob) -> bool:
+        """Whether ``job`` was claimed by this worker (this process or an earlier one of
+        the same name)."""
+        return job.worker.split(":", 1)[0] == self.name
 
     def kill(self) -> float:
         """SIGKILL the Celery worker (its launcher then exits); returns the time (unix)."""
@@ -295,7 +313,8 @@ class FaultStack:
         self.web: ServerProcess | None = None
         self.reconciler: subprocess.Popen[bytes] | None = None
         with django_db_blocker.unblock():
-            self.web = ServerProcess(logs / "web.log", **self.env)
+            # The web server reaches the database directly: the outage is the workers'.
+            self.web = ServerProcess(logs / "web.log", **{**self.env, "DATABASE_URL": _database_url()})
             self.workers = [StackWorker(self, 0), StackWorker(self, 1)]
             self._reconciler_log = (logs / "reconciler.log").open("wb")
             self.reconciler = subprocess.Popen(

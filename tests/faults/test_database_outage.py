@@ -18,6 +18,7 @@ from tests.faults.conftest import FaultStack, wait_until_final
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
 
 TOKENS = 250  # about 3 s of answer
+OUTAGE = 12.0  # seconds at least (the issue saw outages of 8 to 20 s)
 
 
 def streamed_tokens(stack: FaultStack, conversation_id: int) -> int:
@@ -48,11 +49,15 @@ def test_answers_finished_during_a_database_outage_are_stored_when_it_ends(healt
     try:
         wait_for(lambda: all(streamed_tokens(stack, c) > 0 for c, _ in posted.values()), timeout=20)
         stack.database.start()
+        cut = time.monotonic()
         try:
             # Every answer generated while the database is away, and the workers done
-            # trying to store them (they keep trying for a while, then leave them).
+            # trying to store them (they keep trying for a while, then leave them). An
+            # outage of at least OUTAGE seconds, as seen in production: shorter, and a
+            # store waiting on SQLite's lock would just wait it out.
             wait_for(lambda: all(streamed_tokens(stack, c) == TOKENS for c, _ in posted.values()), timeout=30)
             wait_for(lambda: not held_by_a_worker(stack, set(posted)), timeout=40, interval=0.5)
+            time.sleep(max(0.0, OUTAGE - (time.monotonic() - cut)))
         finally:
             stack.database.end()
         back = time.monotonic()
