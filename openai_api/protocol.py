@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 import pydantic
 from django.conf import settings
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from llmproject.exceptions import InvalidInput
 
@@ -26,12 +26,30 @@ from llmproject.exceptions import InvalidInput
 # and refused when they cannot be read as the type.
 _LAX = ConfigDict(extra="ignore")
 
+_CONTENT_SCHEMA = {
+    "anyOf": [
+        {"type": "string"},
+        {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+                "required": ["type", "text"],
+            },
+            "description": "Text parts, joined.",
+        },
+        {"type": "null"},
+    ],
+    "description": "Required but for the assistant's turns.",
+}
+
 
 class ChatMessageIn(BaseModel):
     model_config = _LAX
     # "developer" is OpenAI's newer name for the system role.
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | None = None  # text parts are joined before validation
+    # Text parts are joined before validation; the schema (OpenAPI) says they are welcome.
+    content: Annotated[str | None, WithJsonSchema(_CONTENT_SCHEMA)] = None
 
     @field_validator("content", mode="before")
     @classmethod
@@ -84,10 +102,15 @@ class ChatCompletionBody(BaseModel):
     n: int | None = 1
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    # vLLM's extension: keep generating past the end-of-sequence token.
-    ignore_eos: bool = False
-    # Ours: a client that disconnects does not abort the generation; its answer is stored.
-    continue_on_disconnect: bool = False
+    ignore_eos: Annotated[
+        bool, Field(description="vLLM's extension: keep generating past the end-of-sequence token.")
+    ] = False
+    continue_on_disconnect: Annotated[
+        bool,
+        Field(
+            description="Ours: a client that disconnects does not abort the generation; its answer is stored."
+        ),
+    ] = False
 
     @field_validator("stop", mode="before")
     @classmethod

@@ -96,9 +96,18 @@ def _abandon_once_stored(store: asyncio.Future[StartedConversation]) -> None:
         return  # nothing was queued (the error was the client's to see)
     job_id = store.result().job.pk
     logger.info("job %s: its client left while the request was stored; cancelling it", job_id)
-    task = asyncio.ensure_future(sync_to_async(job_abandon)(job_id=job_id))
+    # In a thread of its own: the request's thread (thread-sensitive calls) may be
+    # gone by now, its context exited with the request.
+    task = asyncio.ensure_future(sync_to_async(_abandon, thread_sensitive=False)(job_id=job_id))
     _late_abandons.add(task)
     task.add_done_callback(_late_abandons.discard)
+
+
+def _abandon(*, job_id: int) -> None:
+    try:
+        job_abandon(job_id=job_id)
+    finally:
+        connection.close()  # back to the pool: this thread serves no request
 
 
 def _store(**kwargs: Any) -> StartedConversation:

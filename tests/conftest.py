@@ -29,6 +29,7 @@ from rest_framework.test import APIClient
 from conversations.authentication import api_key_create
 from llmproject.celery import app as celery_app
 from tests.factories import UserFactory
+from tests.openapi import OpenApiDocument
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,6 +62,12 @@ def make_api_user(db: None) -> Callable[..., ApiUser]:
 @pytest.fixture
 def api_user(make_api_user: Callable[..., ApiUser]) -> ApiUser:
     return make_api_user()
+
+
+@pytest.fixture(scope="session")
+def openapi() -> OpenApiDocument:
+    """The OpenAPI schema as ``/api/schema/`` serves it, to check responses against."""
+    return OpenApiDocument.served()
 
 
 @pytest.fixture(autouse=True)
