@@ -50,7 +50,7 @@ def worker_running_most(stack: FaultStack, job_ids: list[int]) -> StackWorker:
 def kill(stack: FaultStack, worker: StackWorker, among: list[int]) -> tuple[list[int], list[float]]:
     """SIGKILL ``worker`` (its sibling up) and start it again, as its supervisor would.
     Returns the jobs of ``among`` it was running, and the seconds from the kill to each
-    one's next attempt starting."""
+    one's next attempt starting (or, at its attempt cap, to its failure)."""
     for sibling in stack.workers:
         if sibling is not worker:
             sibling.wait_ready()
@@ -59,47 +59,62 @@ def kill(stack: FaultStack, worker: StackWorker, among: list[int]) -> tuple[list
         pk: job.attempts for pk, job in jobs_of(among).items() if job.state == "running" and worker.runs(job)
     }
     worker.respawn()
-    started = wait_for(
+    moved_on = wait_for(
         lambda: (
             (j := jobs_of(list(victims)))
-            and all(job.attempts > victims[pk] and job.state != "queued" for pk, job in j.items())
+            and all(
+                job.state == "failed" or (job.attempts > victims[pk] and job.state != "queued")
+                for pk, job in j.items()
+            )
             and j
         ),
         timeout=30,
     )
-    return list(victims), [started[pk].started_at.timestamp() - killed_at for pk in victims]
+    return list(victims), [
+        (job.finished_at if job.state == "failed" else job.started_at).timestamp() - killed_at
+        for job in moved_on.values()
+    ]
 
 
-def test_the_jobs_of_a_killed_worker_run_again_within_seconds_kill_after_kill(healthy_stack, api_user):
+def test_a_killed_workers_jobs_run_again_within_seconds_and_a_job_killed_at_each_attempt_fails(
+    healthy_stack, api_user
+):
     stack = healthy_stack
-    prompts = post_jobs(stack, api_user, 4, "first")
-    victims, recovery = kill(stack, worker_running_most(stack, list(prompts)), list(prompts))
-    kills = Counter(victims)
-    # The same jobs, killed again on the worker that took them over.
-    victims, took = kill(stack, worker_running_most(stack, victims), list(prompts))
-    kills.update(victims)
-    recovery += took
-    second = post_jobs(stack, api_user, 4, "second")
-    prompts.update(second)
-    victims, took = kill(stack, worker_running_most(stack, list(second)), list(prompts))
-    kills.update(victims)
-    recovery += took
+    prompts = post_jobs(stack, api_user, 4, "kill me")
+    victims: list[int] = list(prompts)
+    kills: Counter[int] = Counter()
+    recovery: list[float] = []
+    # Three kills in a row, each of the worker that runs the job killed most so far:
+    # that job dies at each of its three attempts.
+    for _ in range(3):
+        target = max(victims, key=lambda pk: kills[pk])
+        victims, took = kill(stack, worker_running_most(stack, [target]), list(prompts))
+        kills.update(victims)
+        recovery += took
 
     jobs = wait_until_final(list(prompts), timeout=60)
+    max_attempts = 3  # LLM_MAX_ATTEMPTS
+    assert max(kills.values()) == max_attempts
     for pk, job in jobs.items():
-        assert (job.state, job.message.status) == ("succeeded", "completed"), (pk, job.last_error)
-        assert job.attempts == 1 + kills[pk]
-        assert job.message.content == expected(prompts[pk], LONG["max_tokens"])
+        if kills[pk] >= max_attempts:
+            # Its workers died at every attempt: it fails, it does not loop.
+            assert (job.state, job.attempts, job.message.status) == ("failed", max_attempts, "failed")
+            assert "gave up after 3 attempts: its worker" in job.last_error
+            assert job.message.error == job.last_error
+        else:
+            assert (job.state, job.message.status) == ("succeeded", "completed"), (pk, job.last_error)
+            assert job.attempts == 1 + kills[pk]
+            assert job.message.content == expected(prompts[pk], LONG["max_tokens"])
     answers = Counter(
         ConversationEvent.objects.filter(
             kind="response_generated", message__job__in=list(prompts)
         ).values_list("message__job", flat=True)
     )
-    assert answers == Counter(list(prompts)), "one stored answer per job"
+    assert answers == Counter(pk for pk, job in jobs.items() if job.state == "succeeded"), "one answer each"
     print(
-        f"\nSIGKILL -> the worker's jobs running again on another worker ({len(recovery)} jobs, 3 kills, "
-        f"LLM_HEARTBEAT_TTL=6, LLM_RECONCILE_INTERVAL=1): mean {sum(recovery) / len(recovery):.1f} s, "
-        f"max {max(recovery):.1f} s"
+        f"\nSIGKILL -> the worker's jobs running again on another worker (or failed at their attempt "
+        f"cap), {len(recovery)} jobs over 3 kills, LLM_HEARTBEAT_TTL=6, LLM_RECONCILE_INTERVAL=1: "
+        f"mean {sum(recovery) / len(recovery):.1f} s, max {max(recovery):.1f} s"
     )
     assert max(recovery) < 15
 
