@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 REQS := requirements.txt requirements-dev.txt requirements-cpu.txt
 STAMP := $(VENV)/.installed-$(shell cat $(REQS) | sha1sum | cut -c1-12)
 
-.PHONY: run test lint format install clean
+.PHONY: run test lint format install clean prometheus-installed
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,14 +31,22 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Debian's Prometheus, for tests/ops/test_prometheus.py (a real server scrapes the
+# running stack with deploy/'s config). Installed once, as root (CI is).
+prometheus-installed:
+	@command -v prometheus >/dev/null || { \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }; }
+
 # The fault tests (tests/faults) start a redis-server of their own.
 .PHONY: fault-test-deps
 fault-test-deps:
-	@command -v redis-server >/dev/null || (apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server)
+	@command -v redis-server >/dev/null || { \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; }; }
 
 # SQLite unless DATABASE_URL is set (.ci/run points it at PostgreSQL).
-test: lint fault-test-deps
+test: lint prometheus-installed fault-test-deps
 	REDIS_URL="$$(scripts/ensure-redis.sh)" $(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -18,7 +18,7 @@ from llmproject.redis_client import redis_client
 PRIORITY_STEPS = range(10)
 
 
-def _queue_keys(spec: ModelSpec) -> list[str]:
+def queue_keys(spec: ModelSpec) -> list[str]:
     """The Redis lists kombu keeps a queue in: one per priority step (``<queue><sep><step>``,
     step 0 without a suffix)."""
     sep = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("sep", "\x06\x16")
@@ -31,7 +31,7 @@ async def queue_backlog(*, spec: ModelSpec) -> int:
     Precondition: the broker is Redis.
     """
     async with redis_client(settings.CELERY_BROKER_URL).pipeline(transaction=False) as pipe:
-        for key in _queue_keys(spec):
+        for key in queue_keys(spec):
             pipe.llen(key)
         lengths = await pipe.execute()
     return sum(int(n) for n in lengths)
@@ -45,7 +45,7 @@ async def _alive_and_backlog(spec: ModelSpec) -> tuple[int, int]:
         return alive, (await queue_backlog(spec=spec) if alive else 0)
     async with redis_client().pipeline(transaction=False) as pipe:
         liveness.queue_workers_alive(pipe, model=spec.name)
-        for key in _queue_keys(spec):
+        for key in queue_keys(spec):
             pipe.llen(key)
         alive, *lengths = await pipe.execute()
     return int(alive), sum(int(n) for n in lengths)

@@ -127,3 +127,9 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="api"'
+
+
+def api_key_revoke(*, key: ApiKey) -> bool:
+    """Revoke a key (every process refuses it within ``API_KEY_CACHE_SECONDS``). False if it
+    already was."""
+    return bool(ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now()))

@@ -6,17 +6,21 @@ runtime (``workers.tasks`` registers the task under ``RUN_JOB_TASK``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from typing import Any
 
 import redis.exceptions
 from django.conf import settings
+from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
+from conversations.eventlog import event_record
 from conversations.lifecycle import job_cancel_queued, job_fail
-from conversations.models import InferenceJob, Message
+from conversations.models import ConversationEvent, InferenceJob, Message
 from inference.registry import ModelSpec
 from llmproject.celery import app
 from llmproject.exceptions import Conflict, ServiceUnavailable
@@ -58,9 +62,14 @@ def job_publish(*, job: InferenceJob) -> None:
     """
     try:
         _send(job)
+        logger.debug("job %s published to %s", job.pk, job.queue)
     except (BrokerError, redis.exceptions.ConnectionError) as exc:
         logger.error("could not publish job %s to %s: %s", job.pk, job.queue, exc)
-        job_fail(job_id=job.pk, error="the job queue is unavailable; the message was not queued")
+        job_fail(
+            job_id=job.pk,
+            error="the job queue is unavailable; the message was not queued",
+            error_kind=InferenceJob.ErrorKind.QUEUE,
+        )
         raise ServiceUnavailable(
             "the job queue is unavailable right now; try again shortly", retry_after=5
         ) from exc
@@ -116,3 +125,70 @@ def job_abandon(*, job_id: int) -> None:
         job_cancel(job=job)
     except Conflict:
         pass
+
+
+def job_retry(*, job: InferenceJob, by: str = "") -> bool:
+    """An operator's retry: queue a failed job again for a new attempt, with a fresh
+    budget of ``LLM_MAX_ATTEMPTS`` deliveries, and publish it once committed.
+
+    Idempotent: only a failed job is taken (a conditional update), so a second
+    click finds it queued and returns False. Its reply is reset and its wait
+    starts anew; the user's clients see ``started`` again when a worker takes it.
+    Raises ``ServiceUnavailable`` if the queue cannot be reached (the job is then
+    failed again, with that error).
+    """
+    now = timezone.now()
+    task_id = str(uuid.uuid4())
+    with transaction.atomic():
+        retried = InferenceJob.objects.filter(pk=job.pk, state=InferenceJob.State.FAILED).update(
+            state=InferenceJob.State.QUEUED,
+            max_attempts=F("attempts") + settings.LLM_MAX_ATTEMPTS,
+            celery_task_id=task_id,
+            cancel_requested=False,
+            resolved_at=None,
+            started_at=None,
+            finished_at=None,
+            updated_at=now,
+        )
+        if not retried:
+            return False
+        job.refresh_from_db()
+        Message.objects.filter(pk=job.message_id).update(
+            status=Message.Status.QUEUED,
+            content="",
+            error="",
+            queued_at=now,
+            started_at=None,
+            first_token_at=None,
+            finished_at=None,
+        )
+        event_record(
+            conversation_id=job.message.conversation_id,
+            kind=ConversationEvent.Kind.INFERENCE_REQUEUED,
+            correlation_id=job.correlation_id,
+            message_id=job.message_id,
+            payload={"job_id": job.pk, "after_attempts": job.attempts, "by": by},
+        )
+        transaction.on_commit(functools.partial(job_publish, job=job))
+    logger.info("job %s retried by %s", job.pk, by or "an operator")
+    return True
+
+
+def job_resolve(*, job: InferenceJob, by: str = "") -> bool:
+    """Close a failure: an operator has dealt with it. False if it was already resolved
+    (or never failed)."""
+    now = timezone.now()
+    with transaction.atomic():
+        resolved = InferenceJob.objects.filter(
+            pk=job.pk, failed_at__isnull=False, resolved_at__isnull=True
+        ).update(resolved_at=now, updated_at=now)
+        if not resolved:
+            return False
+        event_record(
+            conversation_id=job.message.conversation_id,
+            kind=ConversationEvent.Kind.FAILURE_RESOLVED,
+            correlation_id=job.correlation_id,
+            message_id=job.message_id,
+            payload={"job_id": job.pk, "by": by},
+        )
+    return True

@@ -26,6 +26,7 @@ from conversations.storage.claim import Claim, claim
 from conversations.storage.finish import finish
 from conversations.streams.events import StreamEvent
 from conversations.streams.push import push_event
+from llmproject import logcontext, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,12 @@ def job_claim(*, job_id: int, worker: str) -> Claim | None:
         stale_before=now - timedelta(seconds=settings.LLM_JOB_TIME_LIMIT),
     )
     if claimed is not None:
+        logcontext.bind_job(job_id=job_id, correlation_id=claimed.job.correlation_id)
+        metrics.job_claimed(model=claimed.job.model, queued_at=claimed.job.message.queued_at, claimed_at=now)
         return claimed
     job = InferenceJob.objects.filter(pk=job_id).first()
+    if job is not None:
+        logcontext.bind_job(job_id=job_id, correlation_id=job.correlation_id)
     if job is None:
         logger.info("job %s no longer exists (conversation deleted?); skipping", job_id)
     elif job.state in InferenceJob.FINAL_STATES:
@@ -58,6 +63,7 @@ def job_claim(*, job_id: int, worker: str) -> Claim | None:
         job_fail(
             job_id=job.pk,
             error=f"gave up after {job.attempts} attempts (a worker running it may have died)",
+            error_kind=InferenceJob.ErrorKind.WORKER_LOST,
         )
     else:
         logger.info(
@@ -103,7 +109,17 @@ def job_finish(*, claim: Claim, answer: Answer, stored_by: str = "worker") -> bo
     )
     if not stored:
         logger.warning("job %s attempt %s was superseded; its answer is discarded", job.pk, claim.attempt)
-    return stored
+        return False
+    metrics.job_answered(
+        model=job.model,
+        cancelled=answer.cancelled,
+        queued_at=job.message.queued_at,
+        first_token_at=answer.first_token_at,
+        finished_at=answer.finished_at,
+        prompt_tokens=answer.prompt_tokens,
+        completion_tokens=answer.completion_tokens,
+    )
+    return True
 
 
 def job_announce(*, claim: Claim, answer: Answer) -> None:
@@ -115,14 +131,28 @@ def job_announce(*, claim: Claim, answer: Answer) -> None:
         logger.exception("could not push the end of job %s", claim.job.pk)
 
 
-def job_release(*, claim: Claim, error: str, count_attempt: bool = True) -> None:
+def job_release(
+    *,
+    claim: Claim,
+    error: str,
+    error_kind: InferenceJob.ErrorKind,
+    traceback: str = "",
+    count_attempt: bool = True,
+) -> None:
     """Hand a claimed job back to the queue: for a retry after a transient failure or,
-    with ``count_attempt=False``, because the worker is shutting down (not the job's fault)."""
+    with ``count_attempt=False``, because the worker is shutting down (not the job's fault).
+
+    The attempt's error and traceback go to the event log (the admin shows each attempt's).
+    """
     job = claim.job
     attempts = F("attempts") if count_attempt else F("attempts") - 1
     with transaction.atomic():
         updated = InferenceJob.objects.filter(InferenceJob.held(attempt=claim.attempt), pk=job.pk).update(
-            state=InferenceJob.State.QUEUED, attempts=attempts, last_error=error, updated_at=timezone.now()
+            state=InferenceJob.State.QUEUED,
+            attempts=attempts,
+            last_error=error,
+            error_kind=error_kind,
+            updated_at=timezone.now(),
         )
         if updated:
             Message.objects.filter(pk=job.message_id).update(status=Message.Status.QUEUED)
@@ -131,15 +161,32 @@ def job_release(*, claim: Claim, error: str, count_attempt: bool = True) -> None
                 kind=ConversationEvent.Kind.INFERENCE_RETRYING,
                 correlation_id=job.correlation_id,
                 message_id=job.message_id,
-                payload={"job_id": job.pk, "attempt": claim.attempt, "error": error},
+                payload={
+                    "job_id": job.pk,
+                    "attempt": claim.attempt,
+                    "worker": job.worker,
+                    "error": error,
+                    "error_kind": error_kind,
+                    "traceback": traceback,
+                },
             )
+    if updated and count_attempt:
+        metrics.job_retried(model=job.model, error_kind=error_kind)
 
 
-def job_fail(*, job_id: int, error: str, attempt: int | None = None) -> bool:
+def job_fail(
+    *,
+    job_id: int,
+    error: str,
+    error_kind: InferenceJob.ErrorKind,
+    traceback: str = "",
+    attempt: int | None = None,
+) -> bool:
     """Mark the job and its reply failed for good, and tell the clients.
 
     With ``attempt``, only if the job still belongs to that attempt. Returns
-    False if the job was already final (or superseded, or deleted).
+    False if the job was already final (or superseded, or deleted). The error,
+    its kind and traceback go to the job and the event log, for the admin.
     """
     now = timezone.now()
     with transaction.atomic():
@@ -147,7 +194,13 @@ def job_fail(*, job_id: int, error: str, attempt: int | None = None) -> bool:
         if attempt is not None:
             jobs = jobs.filter(attempts=attempt)
         if not jobs.update(
-            state=InferenceJob.State.FAILED, last_error=error, finished_at=now, updated_at=now
+            state=InferenceJob.State.FAILED,
+            last_error=error,
+            error_kind=error_kind,
+            failed_at=now,
+            resolved_at=None,
+            finished_at=now,
+            updated_at=now,
         ):
             return False
         job = InferenceJob.objects.select_related("message").get(pk=job_id)
@@ -159,8 +212,16 @@ def job_fail(*, job_id: int, error: str, attempt: int | None = None) -> bool:
             kind=ConversationEvent.Kind.INFERENCE_FAILED,
             correlation_id=job.correlation_id,
             message_id=job.message_id,
-            payload={"job_id": job.pk, "attempts": job.attempts, "error": error},
+            payload={
+                "job_id": job.pk,
+                "attempt": job.attempts,
+                "worker": job.worker,
+                "error": error,
+                "error_kind": error_kind,
+                "traceback": traceback,
+            },
         )
+    metrics.job_failed(model=job.model, error_kind=error_kind)
     logger.warning("job %s failed: %s", job_id, error)
     _push_stored(job, {"event": "failed", "message_id": job.message_id, "error": error})
     return True
@@ -185,6 +246,7 @@ def job_cancel_queued(*, job_id: int) -> bool:
             message_id=job.message_id,
             payload={"job_id": job.pk, "while": "queued"},
         )
+    metrics.job_cancelled_queued(model=job.model)
     _push_stored(job, {"event": "cancelled", "message_id": job.message_id, "content": ""})
     return True
 
@@ -195,30 +257,40 @@ def job_claimed(*, job: InferenceJob) -> Claim:
     return Claim(job=job, attempt=job.attempts, history=())
 
 
-def job_take_back(*, claim: Claim, reason: str) -> bool:
+def job_take_back(*, claim: Claim, reason: str, error_kind: InferenceJob.ErrorKind) -> bool:
     """Put a running job whose attempt nobody runs any more (its worker died, dropped it,
     or it outlived the time limit) back in the queued state for a new attempt; the caller
     publishes it again. False if the attempt is over already (finished, or taken over).
 
     The attempt counts: a job that kills its workers fails at its attempt cap, it
-    does not loop.
+    does not loop. The attempt ends in the event log as a retried one (the admin's
+    attempts), and the reconciler's action beside it.
     """
     job = claim.job
     now = timezone.now()
     with transaction.atomic():
         updated = InferenceJob.objects.filter(InferenceJob.held(attempt=claim.attempt), pk=job.pk).update(
-            state=InferenceJob.State.QUEUED, last_error=reason, updated_at=now
+            state=InferenceJob.State.QUEUED, last_error=reason, error_kind=error_kind, updated_at=now
         )
         if not updated:
             return False
         Message.objects.filter(pk=job.message_id).update(status=Message.Status.QUEUED)
-        event_record(
-            conversation_id=claim.conversation_id,
-            kind=ConversationEvent.Kind.JOB_RECONCILED,
-            correlation_id=job.correlation_id,
-            message_id=job.message_id,
-            payload={"job_id": job.pk, "attempt": claim.attempt, "action": "requeued", "reason": reason},
-        )
+        base = {"job_id": job.pk, "attempt": claim.attempt}
+        for kind, payload in (
+            (
+                ConversationEvent.Kind.INFERENCE_RETRYING,
+                {"worker": job.worker, "error": reason, "error_kind": error_kind, "by": "reconciler"},
+            ),
+            (ConversationEvent.Kind.JOB_RECONCILED, {"action": "requeued", "reason": reason}),
+        ):
+            event_record(
+                conversation_id=claim.conversation_id,
+                kind=kind,
+                correlation_id=job.correlation_id,
+                message_id=job.message_id,
+                payload={**base, **payload},
+            )
+    metrics.job_retried(model=job.model, error_kind=error_kind)
     logger.warning("job %s attempt %s taken back: %s", job.pk, claim.attempt, reason)
     return True
 
@@ -241,7 +313,7 @@ def job_cancel_orphaned(*, claim: Claim, text: str, reason: str) -> bool:
             status=Message.Status.CANCELLED, content=text, finish_reason="abort", finished_at=now
         )
         for kind, payload in (
-            (ConversationEvent.Kind.INFERENCE_CANCELLED, {"while": "orphaned"}),
+            (ConversationEvent.Kind.INFERENCE_CANCELLED, {"while": "orphaned", "worker": job.worker}),
             (ConversationEvent.Kind.JOB_RECONCILED, {"action": "cancelled", "reason": reason}),
         ):
             event_record(
@@ -251,6 +323,15 @@ def job_cancel_orphaned(*, claim: Claim, text: str, reason: str) -> bool:
                 message_id=job.message_id,
                 payload={"job_id": job.pk, "attempt": claim.attempt, **payload},
             )
+    metrics.job_answered(
+        model=job.model,
+        cancelled=True,
+        queued_at=None,
+        first_token_at=None,
+        finished_at=now,
+        prompt_tokens=0,
+        completion_tokens=0,
+    )
     _push_stored(job, {"event": "cancelled", "message_id": job.message_id, "content": text})
     return True
 

@@ -84,6 +84,9 @@ class ConversationEvent(models.Model):
         RESPONSE_GENERATED = "response_generated"
         INFERENCE_FAILED = "inference_failed"
         INFERENCE_CANCELLED = "inference_cancelled"
+        # An operator's actions on a failed job (the admin's "retry" and "mark resolved").
+        INFERENCE_REQUEUED = "inference_requeued"
+        FAILURE_RESOLVED = "failure_resolved"
         # The reconciler acted on a stuck job (payload: action, reason, attempt).
         JOB_RECONCILED = "job_reconciled"
 
@@ -141,6 +144,19 @@ class InferenceJob(TimestampedModel):
         FAILED = "failed"
         CANCELLED = "cancelled"
 
+    class ErrorKind(models.TextChoices):
+        """What an attempt failed of: the admin filters failures by it, metrics count by it."""
+
+        PERMANENT = "permanent", "engine error (permanent)"
+        TRANSIENT = "transient", "engine error (transient)"
+        TIMEOUT = "timeout", "time limit"
+        STREAM = "stream", "lost Redis while streaming"
+        WORKER_LOST = "worker_lost", "worker lost"
+        SHUTDOWN = "shutdown", "worker shut down"
+        QUEUE = "queue", "queue unavailable"
+        MISROUTED = "misrouted", "wrong model's worker"
+        INTERNAL = "internal", "internal error"
+
     FINAL_STATES = (State.SUCCEEDED, State.FAILED, State.CANCELLED)
 
     message = models.OneToOneField(Message, on_delete=models.CASCADE, related_name="job")
@@ -153,6 +169,11 @@ class InferenceJob(TimestampedModel):
     max_attempts = models.PositiveIntegerField(default=3)
     celery_task_id = models.CharField(max_length=64, blank=True, db_index=True)
     last_error = models.TextField(blank=True)
+    error_kind = models.CharField(max_length=16, choices=ErrorKind.choices, blank=True)
+    # When it last failed for good (kept when an operator retries it: the admin's
+    # failures list shows what happened since) and when an operator closed it.
+    failed_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
     correlation_id = models.UUIDField(default=uuid.uuid4, db_index=True)
     cancel_requested = models.BooleanField(default=False)
     worker = models.CharField(max_length=200, blank=True)
@@ -188,3 +209,13 @@ class InferenceJob(TimestampedModel):
     def held(cls, *, attempt: int) -> models.Q:
         """The job still belongs to ``attempt``: running, and no later claim took it over."""
         return models.Q(state=cls.State.RUNNING, attempts=attempt)
+
+
+class JobFailure(InferenceJob):
+    """Jobs that failed for good at least once, for the admin's failures list (a proxy:
+    the same rows as ``InferenceJob``)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "failure"
+        ordering = ["-failed_at", "-id"]

@@ -18,6 +18,7 @@ from conversations.models import Conversation, ConversationEvent, InferenceJob, 
 from conversations.storage.chat import chat_insert
 from inference import params as inference_params
 from inference.registry import ModelSpec
+from llmproject import logcontext
 from llmproject.exceptions import InvalidInput
 
 TITLE_LENGTH = 60
@@ -76,6 +77,7 @@ def message_post(
     sampling = inference_params.sampling_params(spec, params or {})
     inference_params.check_fits(spec, content, sampling["max_tokens"])
     correlation_id = uuid.uuid4()
+    logcontext.bind(correlation=correlation_id)
     with transaction.atomic():
         user_message = Message.objects.create(
             conversation=conversation, role=Message.Role.USER, content=_storable(content), model=spec.name
@@ -133,6 +135,7 @@ def conversation_start(
     sampling = inference_params.sampling_params(spec, params or {})
     inference_params.check_prompt_fits(spec, [content for _, content in messages], sampling["max_tokens"])
     correlation_id = uuid.uuid4()
+    logcontext.bind(correlation=correlation_id)
     first_user = next((content for role, content in messages if role == Message.Role.USER), "")
     conversation = Conversation(owner=owner, title=_storable(_title(first_user)), model=spec.name)
     stored = [

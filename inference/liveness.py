@@ -14,6 +14,11 @@ worker's id is the one its jobs carry in their ``worker`` field, so the
 reconciler can tell a running job whose worker died (its beat lapsed) from one
 its live worker no longer runs (the job missing from a beat taken after the
 job's claim).
+
+A worker that serves metrics also keeps its address in the hash
+``llm:worker-metrics`` (field: its id), refreshed with each beat: the web
+process answers Prometheus's service discovery from it (``metrics_targets``),
+for the workers alive now. ``/readyz`` asks ``workers_check``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,12 @@ from typing import Any
 
 from django.conf import settings
 
-from llmproject.redis_client import redis_client
+from inference import registry
+from llmproject.redis_client import redis_client, sync_redis_client
+
+METRICS_ADDRESSES_KEY = "llm:worker-metrics"
+# The reconcilers that serve metrics, as a model's workers are in heartbeat_key.
+RECONCILERS_KEY = "llm:reconcilers"
 
 
 def heartbeat_key(model: str) -> str:
@@ -77,3 +87,70 @@ def queue_workers_alive(pipe: Any, *, model: str) -> None:
 
 def _alive_range(model: str) -> tuple[str, float, str]:
     return heartbeat_key(model), time.time() - settings.LLM_HEARTBEAT_TTL, "+inf"
+
+
+def queue_metrics_address(pipe: Any, *, member: str, model: str, address: str) -> None:
+    """Add a worker's metrics address to a pipeline (with its heartbeat)."""
+    pipe.hset(METRICS_ADDRESSES_KEY, member, json.dumps({"model": model, "address": address}))
+
+
+def queue_forget_metrics_address(pipe: Any, *, member: str) -> None:
+    pipe.hdel(METRICS_ADDRESSES_KEY, member)
+
+
+async def workers_check() -> dict[str, Any]:
+    """Readiness: at least one live worker for each model of the registry (one round trip)."""
+    names = sorted(registry.models())
+    async with redis_client().pipeline(transaction=False) as pipe:
+        for name in names:
+            queue_workers_alive(pipe, model=name)
+        counts = await pipe.execute()
+    alive = {name: int(count) for name, count in zip(names, counts, strict=True)}
+    down = [name for name, count in alive.items() if not count]
+    return {"ok": not down, "alive": alive, "down": down}
+
+
+def reconciler_beat(client: Any, *, member: str, address: str) -> None:
+    """A reconciler that serves metrics says it is alive, and where (blocking client):
+    ``metrics_targets`` lists it with the workers."""
+    now = time.time()
+    with client.pipeline(transaction=True) as pipe:
+        pipe.zadd(RECONCILERS_KEY, {member: now})
+        pipe.zremrangebyscore(RECONCILERS_KEY, "-inf", now - 10 * settings.LLM_HEARTBEAT_TTL)
+        queue_metrics_address(pipe, member=member, model="", address=address)
+        pipe.execute()
+
+
+def reconciler_gone(client: Any, *, member: str) -> None:
+    with client.pipeline(transaction=True) as pipe:
+        pipe.zrem(RECONCILERS_KEY, member)
+        queue_forget_metrics_address(pipe, member=member)
+        pipe.execute()
+
+
+def metrics_targets() -> list[dict[str, Any]]:
+    """The metrics addresses of the workers (and reconcilers) alive now, as Prometheus's
+    HTTP service discovery wants them; those no longer alive are dropped on the way."""
+    client = sync_redis_client()
+    names = sorted(registry.models())
+    now = time.time()
+    with client.pipeline(transaction=False) as pipe:
+        for name in [*(heartbeat_key(n) for n in names), RECONCILERS_KEY]:
+            pipe.zrangebyscore(name, now - settings.LLM_HEARTBEAT_TTL, "+inf")
+        pipe.hgetall(METRICS_ADDRESSES_KEY)
+        *alive_by_model, addresses = pipe.execute()
+    alive = {member for members in alive_by_model for member in members}
+    targets = []
+    for member, value in sorted(addresses.items()):
+        if member not in alive:
+            continue
+        entry = json.loads(value)
+        targets.append(
+            {"targets": [entry["address"]], "labels": {"worker": member, "worker_model": entry["model"]}}
+        )
+    # Workers killed without deregistering; one that was only late registers again
+    # with its next beat.
+    gone = [member for member in addresses if member not in alive]
+    if gone:
+        client.hdel(METRICS_ADDRESSES_KEY, *gone)
+    return targets

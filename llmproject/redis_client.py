@@ -1,9 +1,10 @@
-"""Redis clients shared by the web and worker sides: the asyncio one of the running event
-loop, and a blocking one for code outside any loop."""
+"""The asyncio Redis client of the running event loop, shared by the web and worker sides
+(and a blocking one for the few synchronous readers)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import weakref
 
 import redis
@@ -27,18 +28,12 @@ def redis_client(url: str | None = None) -> aioredis.Redis:
     return client
 
 
-_sync_clients: dict[str, redis.Redis] = {}
-
-
+@functools.cache
 def sync_redis_client(url: str | None = None) -> redis.Redis:
-    """A blocking Redis client for ``url`` (default ``REDIS_URL``), one per process and URL
-    (thread-safe: its connection pool hands each thread its own connection). For code
-    that runs outside an event loop: a worker's task threads, the reconciler."""
-    url = url or settings.REDIS_URL
-    client = _sync_clients.get(url)
-    if client is None:
-        # Bounded waits: a Redis that stops answering must not hang a caller for good.
-        client = _sync_clients[url] = redis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2
-        )
-    return client
+    """A blocking Redis client (thread-safe, one connection pool per process), for code
+    outside an event loop: a metrics scrape, a service-discovery request, a worker's task
+    threads (an answer's stash), the reconciler. Its waits are bounded: a Redis that stops
+    answering must not hang a caller for good."""
+    return redis.Redis.from_url(
+        url or settings.REDIS_URL, decode_responses=True, socket_timeout=5, socket_connect_timeout=2
+    )

@@ -43,6 +43,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Prometheus: requests, latencies, statuses by view (/v1/ has no middleware:
+    # llmproject.handlers counts its requests in the same families).
+    "llmproject.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Serves the admin's and API docs' static files from the ASGI server.
     "llmproject.middleware.AsyncWhiteNoiseMiddleware",
@@ -52,6 +55,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "llmproject.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "llmproject.urls"
@@ -128,6 +132,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     if _options["server_side_binding"] and _threshold not in ("", "none", "off"):
         _options["prepare_threshold"] = int(_threshold)
 
+# django-prometheus's wrappers of the same backends: connections, statements,
+# their errors and durations (a few us per statement, bench/ops_overhead.py; a
+# job's claim and finish are one statement each on PostgreSQL, and the chat
+# insert of /v1/ runs on a raw cursor, which is not counted).
+DATABASES["default"]["ENGINE"] = DATABASES["default"]["ENGINE"].replace(
+    "django.db.backends.", "django_prometheus.db.backends."
+)
+
 # --- Redis ------------------------------------------------------------------
 # One Redis serves as Celery broker, channel layer and stream log.
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
@@ -136,7 +148,7 @@ REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 # client's requests here, so a rate limit holds across processes and hosts.
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "llmproject.cache.RedisCache",  # Django's, with hit/miss counters
         "LOCATION": env.str("CACHE_URL", default=REDIS_URL),
         "KEY_PREFIX": "cache",
     }
@@ -331,6 +343,11 @@ LLM_RECONCILE_INTERVAL = env.float("LLM_RECONCILE_INTERVAL", default=1.0)
 # just taken by a worker, not waiting for its retry time) for this long is
 # published again: long enough that a message on its way is never taken for lost.
 LLM_RECONCILE_GRACE = env.float("LLM_RECONCILE_GRACE", default=5.0)
+# Its metrics (what it did, the job outcomes it recorded) on a port of its own,
+# as a worker's: any free one when 0, "off" for none; listed by /metrics/targets.
+LLM_RECONCILER_METRICS_PORT = env.str("LLM_RECONCILER_METRICS_PORT", default="0")
+LLM_RECONCILER_METRICS_ADDR = env.str("LLM_RECONCILER_METRICS_ADDR", default="127.0.0.1")
+LLM_RECONCILER_METRICS_HOST = env.str("LLM_RECONCILER_METRICS_HOST", default="")
 
 if env.str("LLM_MODELS_FILE", default=""):
     LLM_MODELS = json.loads(Path(env.str("LLM_MODELS_FILE")).read_text())
@@ -339,11 +356,60 @@ else:
 LLM_DEFAULT_MODEL = env.str("LLM_DEFAULT_MODEL", default=next(iter(LLM_MODELS)))
 
 # --- Logging ----------------------------------------------------------------
+# LOG_FORMAT=json: one JSON object per line (python-json-logger), for a log
+# collector; the default stays human-readable. Both carry the request's
+# correlation id (llmproject.logcontext), so one id finds a request's lines in
+# the web server's and the workers' logs, and its events in the event log.
+LOG_FORMAT = env.str("LOG_FORMAT", default="text")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "llmproject.logcontext.ContextFilter"}},
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s]: %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s %(correlation_id)s %(job_id)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "text",
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Operations: metrics, health ----------------------------------------------
+# /metrics (the web process) and each worker's metrics port answer a client
+# whose address is in METRICS_ALLOWED_IPS (networks; default: this host only)
+# or that sends "Authorization: Bearer $METRICS_TOKEN" (unset: no token works).
+METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.0/8", "::1/128"])
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# Each model worker serves its own metrics (the worker process's, its engine's,
+# vLLM's own) on a port: LLM_WORKER_METRICS_PORT + its index in run_workers'
+# list, or any free port when 0 (the default). Prometheus finds them all through
+# the web process (/metrics/targets, HTTP service discovery): each worker
+# registers "<advertised host>:<port>" with its heartbeat. "off": no port.
+LLM_WORKER_METRICS_PORT = env.str("LLM_WORKER_METRICS_PORT", default="0")
+LLM_WORKER_METRICS_ADDR = env.str("LLM_WORKER_METRICS_ADDR", default="127.0.0.1")
+# The host Prometheus reaches a worker at (default: the bind address, or this
+# host's name when it binds every interface).
+LLM_WORKER_METRICS_HOST = env.str("LLM_WORKER_METRICS_HOST", default="")
+# Read when Prometheus scrapes /metrics (dotted paths): queue depth and live
+# workers per model, from Redis. Other apps add theirs here.
+METRICS_COLLECTORS = ["conversations.queue_metrics.QueueCollector"]
+# The workers' metrics addresses, for /metrics/targets.
+METRICS_TARGETS = "inference.liveness.metrics_targets"
+# /readyz: name -> async check (dotted path) returning {"ok": bool, ...}.
+HEALTH_CHECKS = {
+    "database": "llmproject.health.database_check",
+    "redis": "llmproject.health.redis_check",
+    "workers": "inference.liveness.workers_check",
+}
+# Seconds each readiness check may take before it counts as down.
+HEALTH_CHECK_TIMEOUT = env.float("HEALTH_CHECK_TIMEOUT", default=2.0)

@@ -18,7 +18,13 @@ from contextlib import contextmanager
 import redis.asyncio as aioredis
 from django.conf import settings
 
-from inference.liveness import Beat, heartbeat_key, worker_key
+from inference.liveness import (
+    Beat,
+    heartbeat_key,
+    queue_forget_metrics_address,
+    queue_metrics_address,
+    worker_key,
+)
 from llmproject.aio import cancel_and_wait
 
 logger = logging.getLogger(__name__)
@@ -61,12 +67,16 @@ class HeldJobs:
 
 
 class Heartbeat:
-    """Runs on a worker's engine loop: beats until closed, then deregisters."""
+    """Runs on a worker's engine loop: beats until closed, then deregisters. With each beat
+    it refreshes the worker's metrics address, if it serves metrics."""
 
-    def __init__(self, *, model: str, worker: str, held: HeldJobs) -> None:
+    def __init__(
+        self, *, model: str, worker: str, held: HeldJobs, metrics_address: str | None = None
+    ) -> None:
         self.model = model
         self.member = worker
         self.held = held
+        self.metrics_address = metrics_address
         self._redis = aioredis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
         self._task: asyncio.Task[None] | None = None
 
@@ -90,6 +100,10 @@ class Heartbeat:
             pipe.zremrangebyscore(key, "-inf", now - 10 * settings.LLM_HEARTBEAT_TTL)
             pipe.expire(key, keep)
             pipe.set(worker_key(self.member), beat.dumps(), ex=keep)
+            if self.metrics_address:
+                queue_metrics_address(
+                    pipe, member=self.member, model=self.model, address=self.metrics_address
+                )
             await pipe.execute()
 
     async def _run(self) -> None:
@@ -106,6 +120,7 @@ class Heartbeat:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.zrem(heartbeat_key(self.model), self.member)
                 pipe.delete(worker_key(self.member))
+                queue_forget_metrics_address(pipe, member=self.member)
                 await pipe.execute()
         except Exception:
             logger.warning("could not deregister worker %s of %s", self.member, self.model, exc_info=True)

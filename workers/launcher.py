@@ -18,6 +18,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from django.conf import settings
+
 from inference.registry import ModelSpec, models
 from workers.signals import TENSOR_PARALLEL_ENV, WORKER_MODEL_ENV
 
@@ -92,6 +94,15 @@ def worker_specs(names: Iterable[str] | None = None) -> list[WorkerSpec]:
     return specs
 
 
+def _metrics_port(env: dict[str, str], index: int) -> dict[str, str]:
+    """The ``index``-th worker's metrics port: a non-zero ``LLM_WORKER_METRICS_PORT`` is
+    the first worker's, the next take the ports after it (0, "off": left as it is)."""
+    base = settings.LLM_WORKER_METRICS_PORT.strip()
+    if base.isdigit() and int(base):
+        env["LLM_WORKER_METRICS_PORT"] = str(int(base) + index)
+    return env
+
+
 def _kill_group(pgid: int, grace: float = 5) -> None:
     """SIGTERM what is left of a worker's process group, SIGKILL it after ``grace``."""
     try:
@@ -127,7 +138,10 @@ def run(specs: list[WorkerSpec], *, loglevel: str = "info", stop_timeout: float 
     # On a loaded CPU the web server's event loop then waited about a
     # millisecond for the CPU at each of its hundreds of wake-ups a second (the
     # peer benchmark's TTFT went from about 380 to about 160 ms without it).
-    procs = [subprocess.Popen(s.command(loglevel=loglevel), env=s.env(), process_group=0) for s in specs]
+    procs = [
+        subprocess.Popen(s.command(loglevel=loglevel), env=_metrics_port(s.env(), i), process_group=0)
+        for i, s in enumerate(specs)
+    ]
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:

@@ -29,6 +29,7 @@ from inference.registry import ModelSpec
 from inference.requests import GenerationRequest
 from workers.generation import GenerationResult, generate_and_stream
 from workers.heartbeat import Heartbeat, HeldJobs, worker_id
+from workers.metrics import start_metrics_server
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,6 +64,7 @@ class EngineHost:
         self.engine: Engine | None = None
         self.publisher: EventPublisher | None = None
         self.heartbeat: Heartbeat | None = None
+        self.metrics_address: str | None = None
         # Engine-loop state only (never touched from other threads):
         self._inflight: dict[int, str] = {}  # job id -> engine request id
         self._stop_reasons: dict[str, StopReason] = {}  # request id -> why it was aborted
@@ -75,6 +77,7 @@ class EngineHost:
     def start(self) -> None:
         """Start the loop thread, the engine and the event publisher. Raises if the engine cannot start."""
         self._thread.start()
+        self.metrics_address = start_metrics_server(self)
         self.run(self._start())
         logger.info("engine %s (%s) ready", self.spec.name, self.spec.engine)
 
@@ -86,8 +89,30 @@ class EngineHost:
         self.publisher.start()
         set_process_publisher(self.publisher, self.loop)
         # Last: the API sends this model's jobs only once a worker beats.
-        self.heartbeat = Heartbeat(model=self.spec.name, worker=self.worker_id, held=self.held)
+        self.heartbeat = Heartbeat(
+            model=self.spec.name, worker=self.worker_id, held=self.held, metrics_address=self.metrics_address
+        )
         await self.heartbeat.start()
+
+    @property
+    def in_flight(self) -> int:
+        """Generations running now (read from any thread)."""
+        return len(self._inflight)
+
+    def engine_stats(self, *, reset: bool = False, timeout: float = 5) -> dict[str, Any]:
+        """The engine's counters (``Engine.stats``), read on its loop (they change under
+        other threads); ``reset`` zeroes them. Empty before the engine is up."""
+        engine = self.engine
+        if engine is None:
+            return {}
+
+        async def collect() -> dict[str, Any]:
+            stats = engine.stats()
+            if reset:
+                engine.reset_stats()
+            return stats
+
+        return self.run(collect(), timeout=timeout)
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)

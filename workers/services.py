@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 
 import redis.exceptions
 from django.conf import settings
@@ -12,6 +13,7 @@ from django.db import InterfaceError, OperationalError, connection
 
 from conversations.answers import Answer, answer_stash, answer_timings, answer_unstash
 from conversations.lifecycle import job_announce, job_claim, job_fail, job_finish, job_release
+from conversations.models import InferenceJob
 from conversations.storage.claim import Claim
 from inference.engines.base import EngineError
 from inference.requests import GenerationRequest, SamplingParams
@@ -58,7 +60,11 @@ def _run(*, job_id: int, host: runtime.EngineHost) -> None:
         return
     job = claim.job
     if host.spec.name != job.model:
-        job_fail(job_id=job.pk, error=f"worker serves {host.spec.name!r}, not {job.model!r}")
+        job_fail(
+            job_id=job.pk,
+            error=f"worker serves {host.spec.name!r}, not {job.model!r}",
+            error_kind=InferenceJob.ErrorKind.MISROUTED,
+        )
         return
     request = GenerationRequest(
         request_id=f"job-{job.pk}-{claim.attempt}",
@@ -87,24 +93,42 @@ def _run(*, job_id: int, host: runtime.EngineHost) -> None:
         )
     except EngineError as exc:
         if exc.permanent:
-            job_fail(job_id=job.pk, error=str(exc), attempt=claim.attempt)
+            job_fail(
+                job_id=job.pk,
+                error=str(exc),
+                error_kind=InferenceJob.ErrorKind.PERMANENT,
+                traceback=_traceback(exc),
+                attempt=claim.attempt,
+            )
         else:
-            _retry_or_fail(claim=claim, error=str(exc), cause=exc)
+            _retry_or_fail(claim=claim, error=str(exc), kind=InferenceJob.ErrorKind.TRANSIENT, cause=exc)
         return
-    except TimeoutError:
+    except TimeoutError as exc:
         job_fail(
             job_id=job.pk,
             error=f"the answer took longer than the {settings.LLM_JOB_TIME_LIMIT} s limit",
+            error_kind=InferenceJob.ErrorKind.TIMEOUT,
+            traceback=_traceback(exc),
             attempt=claim.attempt,
         )
         return
     except redis.exceptions.ConnectionError as exc:
-        _retry_or_fail(claim=claim, error=f"lost Redis while streaming: {exc}", cause=exc)
+        _retry_or_fail(
+            claim=claim,
+            error=f"lost Redis while streaming: {exc}",
+            kind=InferenceJob.ErrorKind.STREAM,
+            cause=exc,
+        )
         return
 
     if stop_reason == "shutdown":
         # The worker is stopping: hand the job back whole, without using up an attempt.
-        job_release(claim=claim, error="the worker shut down during the answer", count_attempt=False)
+        job_release(
+            claim=claim,
+            error="the worker shut down during the answer",
+            error_kind=InferenceJob.ErrorKind.SHUTDOWN,
+            count_attempt=False,
+        )
         raise JobInterrupted(f"job {job.pk} interrupted by worker shutdown")
     answer = _answer(claim, result)
     if _store(claim=claim, answer=answer):
@@ -169,15 +193,22 @@ def _store(*, claim: Claim, answer: Answer) -> bool:
     return False
 
 
-def _retry_or_fail(*, claim: Claim, error: str, cause: Exception) -> None:
+def _retry_or_fail(*, claim: Claim, error: str, kind: InferenceJob.ErrorKind, cause: Exception) -> None:
     """After a transient failure: fail the job on its last attempt (and return), or give it
     back and raise ``TransientJobError`` for Celery to retry it."""
     if claim.attempt >= claim.job.max_attempts:
         job_fail(
             job_id=claim.job.pk,
             error=f"{error} (gave up after {claim.attempt} attempts)",
+            error_kind=kind,
+            traceback=_traceback(cause),
             attempt=claim.attempt,
         )
         return
-    job_release(claim=claim, error=error)
+    job_release(claim=claim, error=error, error_kind=kind, traceback=_traceback(cause))
     raise TransientJobError(error) from cause
+
+
+def _traceback(exc: BaseException) -> str:
+    """The failure's traceback as operators read it in the admin (failures only: not free)."""
+    return "".join(traceback.format_exception(exc))

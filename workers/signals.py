@@ -18,9 +18,11 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from celery.signals import worker_init, worker_shutdown, worker_shutting_down
+from celery.signals import task_postrun, worker_init, worker_shutdown, worker_shutting_down
 from celery.worker.control import control_command, inspect_command
 from django.conf import settings
+
+from llmproject import logcontext
 
 if TYPE_CHECKING:
     from inference.registry import ModelSpec
@@ -66,6 +68,14 @@ def start_engine(sender: Any = None, **kwargs: Any) -> None:
         print(f"engine for model {model!r} could not start: {exc}", file=sys.stderr, flush=True)
         # SystemExit is not swallowed by Celery's signal dispatch.
         sys.exit(EXIT_ENGINE_FAILED)
+
+
+@task_postrun.connect
+def unbind_correlation_id(**kwargs: Any) -> None:
+    """The job's claim bound its correlation id in this thread (``job_claim``): it stays
+    on the task's lines up to Celery's "succeeded", then goes, before the pool's thread
+    runs another job."""
+    logcontext.clear()
 
 
 @worker_shutting_down.connect
@@ -125,17 +135,7 @@ def engine_stats(state: Any, reset: bool = False, **kwargs: Any) -> dict[str, An
     except RuntimeError:
         return {}
     stats: dict[str, Any] = {"model": host.spec.name}
-    engine = host.engine
-    if engine is not None:
-
-        async def collect() -> dict[str, Any]:
-            stats = engine.stats()
-            if reset:
-                engine.reset_stats()
-            return stats
-
-        # Read on the engine's loop: its counters change under other threads.
-        stats.update(host.run(collect(), timeout=5))
+    stats.update(host.engine_stats(reset=reset))
     if host.publisher is not None:
         stats["stream_batches"] = host.publisher.batches
         stats["stream_events"] = host.publisher.events

@@ -16,6 +16,7 @@ from django.db import InterfaceError, OperationalError
 
 from conversations.dispatch import RUN_JOB_TASK
 from conversations.lifecycle import job_fail
+from conversations.models import InferenceJob
 from workers.services import JobInterrupted, TransientJobError, job_run
 
 logger = logging.getLogger(__name__)
@@ -38,10 +39,12 @@ class InferenceTask(Task):  # type: ignore[misc]
         job_id = args[0] if args else kwargs.get("job_id")
         if isinstance(exc, TransientJobError):
             error = f"{exc} (gave up after {self.request.retries + 1} attempts)"
+            kind = InferenceJob.ErrorKind.TRANSIENT
         else:
             error = f"internal error: {type(exc).__name__}: {exc}"
+            kind = InferenceJob.ErrorKind.INTERNAL
         logger.error("job %s failed for good: %s", job_id, error)
-        job_fail(job_id=job_id, error=error)
+        job_fail(job_id=job_id, error=error, error_kind=kind, traceback=str(getattr(einfo, "traceback", "")))
 
 
 @shared_task(bind=True, base=InferenceTask, name=RUN_JOB_TASK)

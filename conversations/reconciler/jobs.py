@@ -72,31 +72,36 @@ class RunningJobs:
             worker: self._missing_since.get(worker, now) for worker, beat in beats.items() if beat is None
         }
         for job in jobs:
-            reason = self._orphaned(job, beats.get(job.worker), now)
-            if reason is not None:
+            orphaned = self._orphaned(job, beats.get(job.worker), now)
+            if orphaned is not None:
                 try:
-                    self._recover(job, reason)
+                    self._recover(job, *orphaned)
                 except (redis.exceptions.RedisError, OSError):
                     # Its stash cannot be read: it may hold the answer. Next pass.
                     logger.warning("job %s: Redis unavailable, left for the next pass", job.pk, exc_info=True)
 
-    def _orphaned(self, job: InferenceJob, beat: Beat | None, now: float) -> str | None:
+    def _orphaned(
+        self, job: InferenceJob, beat: Beat | None, now: float
+    ) -> tuple[str, InferenceJob.ErrorKind] | None:
         """Why nobody will finish the running ``job``, or None if its worker still runs it."""
         started = job.started_at.timestamp() if job.started_at else 0.0
-        ttl = settings.LLM_HEARTBEAT_TTL
+        ttl, lost = settings.LLM_HEARTBEAT_TTL, InferenceJob.ErrorKind.WORKER_LOST
         if started < now - settings.LLM_JOB_TIME_LIMIT - OUTLIVED_GRACE:
-            return f"it outlived the {settings.LLM_JOB_TIME_LIMIT} s time limit"
+            return (
+                f"it outlived the {settings.LLM_JOB_TIME_LIMIT} s time limit",
+                InferenceJob.ErrorKind.TIMEOUT,
+            )
         if beat is None:
             if now - self._missing_since.get(job.worker, now) >= ttl and now - started >= ttl:
-                return f"its worker {job.worker} is gone (no heartbeat)"
+                return f"its worker {job.worker} is gone (no heartbeat)", lost
             return None
         if beat.at < now - ttl:
-            return f"its worker {job.worker} stopped beating {now - beat.at:.1f} s ago"
+            return f"its worker {job.worker} stopped beating {now - beat.at:.1f} s ago", lost
         if job.pk not in beat.jobs and started < beat.at:
-            return f"its worker {job.worker} no longer runs it"
+            return f"its worker {job.worker} no longer runs it", lost
         return None
 
-    def _recover(self, job: InferenceJob, reason: str) -> None:
+    def _recover(self, job: InferenceJob, reason: str, kind: InferenceJob.ErrorKind) -> None:
         claim = job_claimed(job=job)
         attempt = claim.attempt
         answer = answer_stashed(job_id=job.pk, attempt=attempt)
@@ -116,11 +121,11 @@ class RunningJobs:
             return
         if job.attempts >= job.max_attempts:
             error = f"gave up after {job.attempts} attempts: {reason}"
-            if job_fail(job_id=job.pk, error=error, attempt=attempt):
+            if job_fail(job_id=job.pk, error=error, error_kind=kind, attempt=attempt):
                 job_reconciled(job=job, attempt=attempt, action="failed", reason=reason)
                 action_recorded(action="failed", model=job.model)
             return
-        if job_take_back(claim=claim, reason=reason):
+        if job_take_back(claim=claim, reason=reason, error_kind=kind):
             action_recorded(action="requeued", model=job.model)
             try:
                 job_republish(job=job)

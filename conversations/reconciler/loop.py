@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 
@@ -16,7 +18,9 @@ from conversations.reconciler.jobs import QueuedJobs, RunningJobs
 from conversations.reconciler.report import totals
 from conversations.streams.publisher import EventPublisher
 from conversations.streams.push import set_process_publisher
+from inference.liveness import reconciler_beat, reconciler_gone
 from llmproject.aio import LoopThread
+from llmproject.exposition import serve_worker_metrics
 from llmproject.redis_client import sync_redis_client
 
 logger = logging.getLogger("conversations.reconciler")
@@ -32,7 +36,10 @@ class Reconciler:
         self._streams = LoopThread("reconciler-streams")
         self._publisher = self._streams.run(_publisher())
         set_process_publisher(self._publisher, self._streams.loop)
-        redis_client = sync_redis_client()
+        redis_client = self._redis = sync_redis_client()
+        self.member = f"reconciler@{socket.gethostname()}:{os.getpid()}"
+        self.metrics_address = _serve_metrics()
+        self._beaten = 0.0
         self._rules = (
             ("running jobs", RunningJobs(redis=redis_client, streams=self._streams)),
             (
@@ -45,6 +52,7 @@ class Reconciler:
     def run_pass(self) -> None:
         """One pass of every rule. A rule whose database or Redis fails waits for the next
         pass; the others go on (a database outage leaves the stream rule working)."""
+        self._beat()
         for name, rule in self._rules:
             try:
                 rule.reconcile()
@@ -67,13 +75,45 @@ class Reconciler:
                 reported = started
             stop.wait(max(0.0, interval - (time.monotonic() - started)))
 
+    def _beat(self) -> None:
+        """Listed for Prometheus's discovery while alive, as a worker is."""
+        if self.metrics_address is None or time.monotonic() - self._beaten < settings.LLM_HEARTBEAT_INTERVAL:
+            return
+        try:
+            reconciler_beat(self._redis, member=self.member, address=self.metrics_address)
+            self._beaten = time.monotonic()
+        except (redis.exceptions.RedisError, OSError):
+            logger.warning("could not register the reconciler's metrics address", exc_info=True)
+
     def close(self) -> None:
+        if self.metrics_address is not None:
+            try:
+                reconciler_gone(self._redis, member=self.member)
+            except (redis.exceptions.RedisError, OSError):
+                logger.warning("could not deregister the reconciler", exc_info=True)
         set_process_publisher(None, None)
         try:
             self._streams.run(self._publisher.close(), timeout=5)
         except Exception:
             logger.warning("could not close the stream publisher", exc_info=True)
         self._streams.stop()
+
+
+def _serve_metrics() -> str | None:
+    """Serve this process's metrics (what it did, and the job outcomes it recorded): its
+    address as Prometheus reaches it, or None (turned off, or the port is taken)."""
+    setting = settings.LLM_RECONCILER_METRICS_PORT.strip().lower()
+    if setting in ("", "off", "none", "false", "no"):
+        return None
+    addr = settings.LLM_RECONCILER_METRICS_ADDR
+    try:
+        port = serve_worker_metrics(addr=addr, port=int(setting))
+    except OSError as exc:
+        logger.error("reconciler metrics: cannot listen on %s:%s (%s); running without", addr, setting, exc)
+        return None
+    host = settings.LLM_RECONCILER_METRICS_HOST or (socket.gethostname() if addr in ("", "0.0.0.0") else addr)
+    logger.info("reconciler metrics on http://%s:%s/metrics", host, port)
+    return f"{host}:{port}"
 
 
 async def _publisher() -> EventPublisher:

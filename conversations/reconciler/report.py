@@ -1,11 +1,10 @@
-"""What the reconciler did: counted per action and model, logged."""
+"""What the reconciler did: counted per action and model (Prometheus, and the log)."""
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 
-logger = logging.getLogger("conversations.reconciler")
+from llmproject import metrics
 
 # Actions: "requeued" (a running job taken back for a new attempt), "republished"
 # (a queued job's lost message sent again), "stored" (a stashed answer stored),
@@ -15,9 +14,6 @@ totals: Counter[tuple[str, str]] = Counter()
 
 
 def action_recorded(*, action: str, model: str, count: int = 1) -> None:
-    """Count ``count`` reconciler actions of one kind on ``model``'s jobs.
-
-    Metrics: the Prometheus counter of the reconciler's actions (labels ``action``,
-    ``model``) is incremented here once the metrics module lands.
-    """
+    """Count ``count`` reconciler actions of one kind on ``model``'s jobs."""
     totals[(action, model)] += count
+    metrics.reconciler_action(action, model=model, count=count)

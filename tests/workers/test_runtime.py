@@ -41,7 +41,7 @@ class GatedPublisher:
 
 
 class NoHeartbeat:
-    def __init__(self, **kwargs: object) -> None:
+    def __init__(self, *, model: str, **kwargs: Any) -> None:
         pass
 
     async def start(self) -> None:
