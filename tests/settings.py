@@ -74,7 +74,7 @@ from llmproject.settings import *  # noqa: E402, F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" and os.environ.get("TEST_SQLITE_TIMEOUT"):  # noqa: F405
+if DATABASES["default"]["ENGINE"].endswith("sqlite3") and os.environ.get("TEST_SQLITE_TIMEOUT"):  # noqa: F405
     # The fault tests' processes give up on a write lock sooner (the lock held by the
     # test stands in for a database outage).
     DATABASES["default"]["OPTIONS"]["timeout"] = float(os.environ["TEST_SQLITE_TIMEOUT"])  # noqa: F405

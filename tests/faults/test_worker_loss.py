@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 
+import httpx
 import pytest
 
 from conversations.models import ConversationEvent, InferenceJob
@@ -117,6 +119,13 @@ def test_a_killed_workers_jobs_run_again_within_seconds_and_a_job_killed_at_each
         f"mean {sum(recovery) / len(recovery):.1f} s, max {max(recovery):.1f} s"
     )
     assert max(recovery) < 15
+
+    # What the reconciler did is on its metrics port, which Prometheus finds with the workers'.
+    targets = httpx.get(f"{stack.base_url}/metrics/targets", timeout=10).json()
+    [reconciler] = [t for t in targets if t["labels"]["worker"].startswith("reconciler@")]
+    page = httpx.get(f"http://{reconciler['targets'][0]}/metrics", timeout=10).text
+    requeued = re.search(r'^llm_reconciler_actions_total\{kind="requeued",model="echo"\} (\S+)$', page, re.M)
+    assert requeued and float(requeued.group(1)) >= sum(k - 1 for k in kills.values() if k)
 
 
 def test_a_cancel_asked_after_its_worker_died_ends_the_job_with_the_text_its_client_saw(
