@@ -1,12 +1,12 @@
 """The reconciler's rules for jobs: running ones nobody runs, queued ones nothing will deliver.
 
 Running: a job's ``worker`` is the id its worker beats under (``inference.
-liveness``). The job is orphaned if its worker's beat lapsed
-(``LLM_HEARTBEAT_TTL``), or has been missing that long (Redis lost it: a live
-worker beats again within ``LLM_HEARTBEAT_INTERVAL``), or if a beat taken
-after the claim does not hold the job (the delivery ended without finishing
-it: the database failed the store, the release or the failure), or if it
-outlived the time limit. An orphan gets, in this order: its stashed answer
+liveness``). The job is orphaned if its worker's beat has not changed (or has
+been missing: Redis lost it, and a live worker beats again within
+``LLM_HEARTBEAT_INTERVAL``) for ``LLM_HEARTBEAT_TTL`` as the reconciler sees
+it, or if a beat taken after the claim does not hold the job (the delivery
+ended without finishing it: the database failed the store, the release or the
+failure), or if it outlived the time limit. An orphan gets, in this order: its stashed answer
 stored (``conversations.answers``); its cancel finished, if asked; failed, at
 its attempt cap; otherwise taken back and published again (a new attempt).
 
@@ -59,20 +59,29 @@ class RunningJobs:
     def __init__(self, *, redis: Any, streams: LoopThread) -> None:
         self._redis = redis
         self._streams = streams
-        self._missing_since: dict[str, float] = {}  # worker -> when its beat was first found missing
+        # Worker -> its last beat's time as it wrote it (None: no beat on record), and
+        # when this reconciler first saw that beat (its monotonic clock). A beat is
+        # judged by how long it has not changed here, not by the worker's clock: hosts'
+        # clocks may disagree by more than the TTL.
+        self._beats: dict[str, tuple[float | None, float]] = {}
 
     def reconcile(self) -> None:
         jobs = list(InferenceJob.objects.filter(state=InferenceJob.State.RUNNING).select_related("message"))
-        if not jobs:
-            self._missing_since.clear()
-            return
-        beats = beats_read(self._redis, (job.worker for job in jobs))
-        now = time.time()
-        self._missing_since = {
-            worker: self._missing_since.get(worker, now) for worker, beat in beats.items() if beat is None
-        }
+        try:
+            beats = beats_read(self._redis, (job.worker for job in jobs))
+        except (redis.exceptions.RedisError, OSError):
+            # Workers could not beat either: their silence starts again once Redis is back.
+            self._beats = {}
+            raise
+        now = time.monotonic()
+        seen = {}
+        for worker, beat in beats.items():
+            at = beat.at if beat is not None else None
+            previous = self._beats.get(worker)
+            seen[worker] = previous if previous is not None and previous[0] == at else (at, now)
+        self._beats = seen
         for job in jobs:
-            orphaned = self._orphaned(job, beats.get(job.worker), now)
+            orphaned = self._orphaned(job, beats.get(job.worker), now - self._beats[job.worker][1])
             if orphaned is not None:
                 try:
                     self._recover(job, *orphaned)
@@ -81,23 +90,20 @@ class RunningJobs:
                     logger.warning("job %s: Redis unavailable, left for the next pass", job.pk, exc_info=True)
 
     def _orphaned(
-        self, job: InferenceJob, beat: Beat | None, now: float
+        self, job: InferenceJob, beat: Beat | None, silent: float
     ) -> tuple[str, InferenceJob.ErrorKind] | None:
-        """Why nobody will finish the running ``job``, or None if its worker still runs it."""
+        """Why nobody will finish the running ``job``, or None if its worker still runs it.
+        ``silent``: how long its worker's beat has not changed (or been missing: a live
+        worker beats again within ``LLM_HEARTBEAT_INTERVAL`` after Redis lost its data)."""
         started = job.started_at.timestamp() if job.started_at else 0.0
-        ttl, lost = settings.LLM_HEARTBEAT_TTL, InferenceJob.ErrorKind.WORKER_LOST
-        if started < now - settings.LLM_JOB_TIME_LIMIT - OUTLIVED_GRACE:
-            return (
-                f"it outlived the {settings.LLM_JOB_TIME_LIMIT} s time limit",
-                InferenceJob.ErrorKind.TIMEOUT,
-            )
-        if beat is None:
-            if now - self._missing_since.get(job.worker, now) >= ttl and now - started >= ttl:
-                return f"its worker {job.worker} is gone (no heartbeat)", lost
-            return None
-        if beat.at < now - ttl:
-            return f"its worker {job.worker} stopped beating {now - beat.at:.1f} s ago", lost
-        if job.pk not in beat.jobs and started < beat.at:
+        ttl, limit = settings.LLM_HEARTBEAT_TTL, settings.LLM_JOB_TIME_LIMIT
+        lost = InferenceJob.ErrorKind.WORKER_LOST
+        if started < time.time() - limit - OUTLIVED_GRACE:
+            return f"it outlived the {limit} s time limit", InferenceJob.ErrorKind.TIMEOUT
+        if silent >= ttl:
+            return f"its worker {job.worker} has not beaten for {silent:.1f} s", lost
+        # Both times by the worker's clock: a beat taken after the claim without the job.
+        if beat is not None and job.pk not in beat.jobs and started < beat.at:
             return f"its worker {job.worker} no longer runs it", lost
         return None
 

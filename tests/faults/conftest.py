@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -365,14 +366,17 @@ class FaultStack:
         # A worker declares its queue when it (re)connects; publishing before that drops.
         wait_for(lambda: self.redis_client.exists("_kombu.binding.llm.echo"), timeout=30)
 
-    def restart_redis(self, *, persistent: bool, down_for: float) -> None:
-        """Stop Redis (cleanly if it keeps its data, else a crash) and start it again."""
+    def restart_redis(self, *, persistent: bool, down_for: float) -> tuple[datetime, datetime]:
+        """Stop Redis (cleanly if it keeps its data, else a crash) and start it again;
+        returns when it went down and when it answered again."""
         if persistent:
             self.redis.shutdown()
         else:
             self.redis.crash()
+        down = datetime.now(UTC)
         time.sleep(down_for)
         self.redis.start(persistent=persistent)
+        return down, datetime.now(UTC)
 
     def reset_redis(self) -> None:
         """Drop what earlier tests left in the stack's Redis under ids the test database

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from datetime import datetime
 
 import pytest
 
@@ -38,8 +39,13 @@ def finals_in_stream(stack: FaultStack, conversation_id: int) -> Counter[str]:
     return Counter(e["event"] for e in events if e["event"] in ("completed", "failed", "cancelled"))
 
 
-def assert_each_job_ended_once(stack: FaultStack, posted: dict[int, tuple[int, str]], timeout: float) -> None:
+def assert_each_job_ended_once(
+    stack: FaultStack, posted: dict[int, tuple[int, str]], timeout: float, outage: tuple[datetime, datetime]
+) -> None:
     jobs = wait_until_final(list(posted), timeout=timeout)
+    down, up = outage
+    # The fault bit: answers were stored (and their last events sent) while Redis was away.
+    assert any(down < job.message.finished_at < up for job in jobs.values())
     for pk, job in jobs.items():
         _, content = posted[pk]
         expected = "".join(simulated_tokens((ChatMessage("user", content),), TOKENS, ignore_eos=True))
@@ -78,10 +84,10 @@ def test_a_redis_restart_with_persistence_loses_no_job_and_no_client_misses_its_
     try:
         wait_for(lambda: all(sum(e["event"] == "delta" for e in w.events) >= 3 for w in watchers.values()))
         # Away long enough for the answers to end meanwhile: their last events find no Redis.
-        stack.restart_redis(persistent=True, down_for=4)
+        outage = stack.restart_redis(persistent=True, down_for=4)
         for watcher in watchers.values():
             watcher.reconnect()
-        assert_each_job_ended_once(stack, posted, timeout=30)
+        assert_each_job_ended_once(stack, posted, timeout=30, outage=outage)
         assert_clients_end_with_the_stored_answer(stack, watchers, posted)
     finally:
         for watcher in watchers.values():
@@ -103,10 +109,10 @@ def test_a_redis_restart_without_persistence_loses_no_job_and_no_client_misses_i
     watchers = {pk: stack.watch(api_user.key, posted[pk][0]) for pk in running[:2]}
     try:
         wait_for(lambda: all(sum(e["event"] == "delta" for e in w.events) >= 3 for w in watchers.values()))
-        stack.restart_redis(persistent=False, down_for=4)
+        outage = stack.restart_redis(persistent=False, down_for=4)
         for watcher in watchers.values():
             watcher.reconnect()
-        assert_each_job_ended_once(stack, posted, timeout=30)
+        assert_each_job_ended_once(stack, posted, timeout=30, outage=outage)
         assert_clients_end_with_the_stored_answer(stack, watchers, posted)
     finally:
         for watcher in watchers.values():
