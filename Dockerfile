@@ -29,7 +29,8 @@ RUN if [ "${ENGINE_REQUIREMENTS}" = requirements-cpu.txt ]; then \
 # .dockerignore keeps .venv/, var/ (the SQLite file, demo credentials, the
 # secret key, models) and .env out of this copy.
 COPY --chown=app:app . .
-RUN python manage.py collectstatic --noinput -v0 && chown -R app:app var
+# The settings refuse to load without a secret key; collecting files signs nothing.
+RUN SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput -v0 && chown -R app:app var
 USER app
 EXPOSE 8000
 CMD ["python", "-m", "uvicorn", "llmproject.asgi:application", "--host", "0.0.0.0", "--port", "8000"]

@@ -18,6 +18,7 @@ the code each path runs in addition to what it ran before:
 from __future__ import annotations
 
 import os
+import secrets
 import timeit
 import uuid
 from datetime import timedelta
@@ -25,6 +26,8 @@ from types import SimpleNamespace
 from typing import Any
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmproject.settings")
+# The settings refuse to start without a key; the servers this starts share it.
+os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
 os.environ.setdefault("DATABASE_URL", "sqlite:///:memory:")
 
 import django

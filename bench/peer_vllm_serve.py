@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -249,6 +250,8 @@ def main() -> int:
     pinning = parse_pin(args.pin)
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmproject.settings")
+    # The settings refuse to start without a key; the servers this starts share it.
+    os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
     os.environ.pop("LLM_MODELS", None)  # the default registry's "tiny"
     import django
 

@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import random
+import secrets
 import signal
 import socket
 import statistics
@@ -277,6 +278,8 @@ def main() -> int:
     args = parser.parse_args()
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmproject.settings")
+    # The settings refuse to start without a key; the servers this starts share it.
+    os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
     import django
 
     django.setup()

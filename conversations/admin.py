@@ -13,6 +13,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
+import redis.exceptions
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -26,6 +27,7 @@ from conversations import selectors
 from conversations.authentication import api_key_create, api_key_revoke
 from conversations.dispatch import job_cancel, job_resolve, job_retry
 from conversations.models import ApiKey, Conversation, ConversationEvent, InferenceJob, JobFailure, Message
+from inference.breaker import BreakerState, breaker_states
 from llmproject.exceptions import Conflict, ServiceUnavailable
 
 
@@ -299,7 +301,8 @@ class JobFailureAdmin(JobAdminBase):
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
         last_hour = selectors.failures_per_model(since=timezone.now() - timedelta(hours=1))
-        return super().changelist_view(request, {**(extra_context or {}), "failures_last_hour": last_hour})
+        extra = {"failures_last_hour": last_hour, "breakers": _breakers()}
+        return super().changelist_view(request, {**(extra_context or {}), **extra})
 
     @admin.display(description="error")
     def short_error(self, job: InferenceJob) -> str:
@@ -308,6 +311,14 @@ class JobFailureAdmin(JobAdminBase):
     @admin.display(description="resolved", boolean=True)
     def resolved(self, job: InferenceJob) -> bool:
         return job.resolved_at is not None
+
+
+def _breakers() -> list[BreakerState] | None:
+    """Every model's circuit breaker (None if Redis cannot say)."""
+    try:
+        return list(breaker_states().values())
+    except (redis.exceptions.RedisError, OSError):
+        return None
 
 
 def _error_cell(error: str, traceback: str) -> SafeString:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.validators import ProhibitNullCharactersValidator
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -15,10 +17,12 @@ from drf_spectacular.utils import (
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.validators import ProhibitSurrogateCharactersValidator
 from rest_framework.views import APIView
 
 import conversations.openapi  # noqa: F401  (registers the API key scheme for the schema)
 from conversations import selectors, services
+from conversations.authentication import KeyGrant
 from conversations.dispatch import job_cancel
 from conversations.serializers import (
     ConversationOutputSerializer,
@@ -30,6 +34,7 @@ from inference import registry
 from inference.params import MAX_STOP_SEQUENCES
 from llmproject.openapi import RETRY_AFTER, error_responses
 from llmproject.pagination import PageNumberPagination
+from llmproject.throttling import token_cost, tokens_charge
 
 
 @extend_schema_field(
@@ -41,16 +46,24 @@ from llmproject.pagination import PageNumberPagination
     }
 )
 class StopField(serializers.Field):
-    """``stop`` is a string or a list of strings, as in OpenAI's API."""
+    """``stop`` is a string or a list of strings, as in OpenAI's API; text only, as
+    DRF's ``CharField`` takes it (no lone surrogate, no NUL: PostgreSQL's jsonb
+    refuses both)."""
 
     default_error_messages = {"invalid": "must be a string or a list of strings"}
+    _text_validators = (ProhibitNullCharactersValidator(), ProhibitSurrogateCharactersValidator())
 
     def to_internal_value(self, data: object) -> list[str]:
-        if isinstance(data, str):
-            return [data]
-        if isinstance(data, list) and all(isinstance(s, str) for s in data):
-            return data
-        self.fail("invalid")
+        strings = [data] if isinstance(data, str) else data
+        if not isinstance(strings, list) or not all(isinstance(s, str) for s in strings):
+            self.fail("invalid")
+        for string in strings:
+            for validate in self._text_validators:
+                try:
+                    validate(string)
+                except DjangoValidationError as exc:
+                    raise serializers.ValidationError(exc.messages) from None
+        return strings
 
     def to_representation(self, value: list[str]) -> list[str]:
         return value
@@ -129,7 +142,12 @@ class MessageListCreateApi(APIView):
         stop = StopField(required=False)
         seed = serializers.IntegerField(required=False, min_value=0, max_value=2**63 - 1)
         ignore_eos = serializers.BooleanField(required=False, default=False)
-        priority = serializers.IntegerField(required=False, min_value=0, max_value=9, default=5)
+        priority = serializers.IntegerField(
+            required=False,
+            min_value=0,
+            max_value=9,
+            help_text="0 (lowest) to 9 (highest): the queue's order. Default: the API key's (5).",
+        )
 
         def validate_content(self, value: str) -> str:
             if not value.strip():
@@ -158,7 +176,7 @@ class MessageListCreateApi(APIView):
                     "websocket": serializers.CharField(),
                 },
             ),
-            **error_responses(400, 404, 503),
+            **error_responses(400, 404, 429, 503),
         },
         parameters=[
             OpenApiParameter(
@@ -179,10 +197,15 @@ class MessageListCreateApi(APIView):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
-        content, model, priority = data.pop("content"), data.pop("model", None), data.pop("priority")
+        content, model = data.pop("content"), data.pop("model", None)
+        priority = data.pop("priority", None)
+        if priority is None:  # the key's default (a browser session: the middle)
+            priority = request.auth.priority if isinstance(request.auth, KeyGrant) else 5
         posted = services.message_post(
             conversation=conversation, content=content, model=model, params=data, priority=priority
         )
+        tokens = token_cost(max_tokens=posted.job.params["max_tokens"], text_chars=len(content))
+        tokens_charge(user=request.user, tokens=tokens, throttles=self.throttle_classes)
         body = {
             "user_message": MessageOutputSerializer(posted.user_message).data,
             "assistant_message": MessageOutputSerializer(posted.assistant_message).data,

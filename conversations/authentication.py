@@ -8,6 +8,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
@@ -37,16 +38,25 @@ def api_key_create(*, user: AbstractBaseUser, name: str = "") -> tuple[ApiKey, s
     return key, raw
 
 
+@dataclass(frozen=True, slots=True)
+class KeyGrant:
+    """What a valid key grants: its user, and the priority of the user's jobs when a
+    request names none (``ApiKey.default_priority``)."""
+
+    user: AbstractBaseUser
+    priority: int
+
+
 class _KeyCache:
     """Valid keys seen lately (by hash), each for ``API_KEY_CACHE_SECONDS``: most requests
     then need no database round trip to authenticate. Unknown keys are never kept."""
 
     def __init__(self, size: int = 4096) -> None:
-        self._entries: OrderedDict[str, tuple[float, AbstractBaseUser]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[float, KeyGrant]] = OrderedDict()
         self._size = size
         self._lock = threading.Lock()
 
-    def get(self, digest: str) -> AbstractBaseUser | None:
+    def get(self, digest: str) -> KeyGrant | None:
         with self._lock:
             entry = self._entries.get(digest)
             if entry is None:
@@ -56,12 +66,12 @@ class _KeyCache:
                 return None
             return entry[1]
 
-    def put(self, digest: str, user: AbstractBaseUser) -> None:
+    def put(self, digest: str, grant: KeyGrant) -> None:
         ttl = settings.API_KEY_CACHE_SECONDS
         if ttl <= 0:
             return
         with self._lock:
-            self._entries[digest] = (time.monotonic() + ttl, user)
+            self._entries[digest] = (time.monotonic() + ttl, grant)
             self._entries.move_to_end(digest)
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
@@ -74,24 +84,25 @@ class _KeyCache:
 _key_cache = _KeyCache()
 
 
-def api_key_user_cached(*, raw: str) -> AbstractBaseUser | None:
-    """The user of ``raw`` if this process validated it in the last ``API_KEY_CACHE_SECONDS``;
-    None means "ask ``api_key_user``". No database access: safe on an event loop."""
+def api_key_grant_cached(*, raw: str) -> KeyGrant | None:
+    """What ``raw`` grants, if this process validated it in the last
+    ``API_KEY_CACHE_SECONDS``; None means "ask ``api_key_grant``". No database
+    access: safe on an event loop."""
     if settings.API_KEY_CACHE_SECONDS <= 0 or not raw.startswith(KEY_PREFIX):
         return None
     return _key_cache.get(_hash(raw))
 
 
-def api_key_user(*, raw: str) -> AbstractBaseUser | None:
-    """The active user owning ``raw``, or None for an unknown, revoked or inactive key.
+def api_key_grant(*, raw: str) -> KeyGrant | None:
+    """What ``raw`` grants, or None for an unknown, revoked or inactive key.
 
     A key found valid is remembered for ``API_KEY_CACHE_SECONDS`` (see
-    ``api_key_user_cached``), so revoking it takes effect within that time.
+    ``api_key_grant_cached``), so revoking it takes effect within that time.
     """
     if not raw.startswith(KEY_PREFIX):
         return None
     digest = _hash(raw)
-    cached = api_key_user_cached(raw=raw)
+    cached = api_key_grant_cached(raw=raw)
     if cached is not None:
         return cached
     prefix = raw[len(KEY_PREFIX) :][:_PREFIX_CHARS]
@@ -101,8 +112,21 @@ def api_key_user(*, raw: str) -> AbstractBaseUser | None:
     now = timezone.now()
     if key.last_used_at is None or now - key.last_used_at > _LAST_USED_RESOLUTION:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
-    _key_cache.put(digest, key.user)
-    return key.user
+    grant = KeyGrant(user=key.user, priority=key.default_priority)
+    _key_cache.put(digest, grant)
+    return grant
+
+
+def api_key_user_cached(*, raw: str) -> AbstractBaseUser | None:
+    """``api_key_grant_cached``'s user."""
+    grant = api_key_grant_cached(raw=raw)
+    return grant.user if grant is not None else None
+
+
+def api_key_user(*, raw: str) -> AbstractBaseUser | None:
+    """``api_key_grant``'s user: the active user owning ``raw``, or None."""
+    grant = api_key_grant(raw=raw)
+    return grant.user if grant is not None else None
 
 
 def bearer_token(authorization: str) -> str | None:
@@ -113,17 +137,17 @@ def bearer_token(authorization: str) -> str | None:
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
-    def authenticate(self, request: Request) -> tuple[AbstractBaseUser, None] | None:
+    def authenticate(self, request: Request) -> tuple[AbstractBaseUser, KeyGrant] | None:
         header = request.META.get("HTTP_AUTHORIZATION", "")
         if not header:
             return None
         token = bearer_token(header)
         if token is None:
             raise exceptions.AuthenticationFailed("use 'Authorization: Bearer <api key>'")
-        user = api_key_user(raw=token)
-        if user is None:
+        grant = api_key_grant(raw=token)
+        if grant is None:
             raise exceptions.AuthenticationFailed("invalid or revoked API key")
-        return user, None
+        return grant.user, grant  # request.auth: the key's grant (its default priority)
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="api"'

@@ -4,6 +4,7 @@ import uuid
 from datetime import datetime
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator
 from django.db import models
 
 from llmproject.models import TimestampedModel
@@ -121,6 +122,10 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # The priority (0 lowest - 9 highest) of this key's jobs when a request names none.
+    default_priority = models.PositiveSmallIntegerField(
+        default=5, validators=[MaxValueValidator(9)], help_text="0 (lowest) to 9 (highest)"
+    )
 
     class Meta:
         verbose_name = "API key"

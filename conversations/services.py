@@ -12,6 +12,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
+from conversations.admission import model_admit_sync
 from conversations.dispatch import job_build, job_publish
 from conversations.eventlog import event_build, event_record
 from conversations.models import Conversation, ConversationEvent, InferenceJob, Message
@@ -68,14 +69,33 @@ def message_post(
 ) -> PostedMessage:
     """Store a user message and a queued assistant reply, and queue its job.
 
-    All rows are written in one transaction; the job is published to its
-    model's queue only once that transaction has committed (a worker must
-    never pick up a job it cannot read yet). If the queue cannot be reached,
-    the job and reply are marked failed and ``ServiceUnavailable`` is raised.
+    The model must have room in its queue and its breaker closed (else
+    ``TooManyRequests`` / ``ServiceUnavailable``, nothing stored); while its
+    breaker is open the registry's fallback model, if any, takes the job. All
+    rows are written in one transaction; the job is published to its model's
+    queue only once that transaction has committed (a worker must never pick
+    up a job it cannot read yet). If the queue cannot be reached, the job and
+    reply are marked failed and ``ServiceUnavailable`` is raised.
     """
     spec = inference_params.resolve_model(model or conversation.model)
     sampling = inference_params.sampling_params(spec, params or {})
     inference_params.check_fits(spec, content, sampling["max_tokens"])
+    admission = model_admit_sync(spec=spec)
+    try:
+        if admission.spec is not spec:
+            spec = admission.spec
+            sampling = inference_params.sampling_params(spec, params or {})
+            inference_params.check_fits(spec, content, sampling["max_tokens"])
+        return _message_store(
+            conversation=conversation, content=content, spec=spec, sampling=sampling, priority=priority
+        )
+    finally:
+        admission.release()  # the job is in its queue by now (or failed)
+
+
+def _message_store(
+    *, conversation: Conversation, content: str, spec: ModelSpec, sampling: dict[str, Any], priority: int
+) -> PostedMessage:
     correlation_id = uuid.uuid4()
     logcontext.bind(correlation=correlation_id)
     with transaction.atomic():

@@ -77,15 +77,16 @@ def beats_read(client: Any, workers: Iterable[str]) -> dict[str, Beat | None]:
 
 async def workers_alive(*, model: str) -> int:
     """How many workers of ``model`` have beaten within the TTL."""
-    return int(await redis_client().zcount(*_alive_range(model)))
+    return int(await redis_client().zcount(*alive_range(model)))
 
 
 def queue_workers_alive(pipe: Any, *, model: str) -> None:
     """Add ``workers_alive``'s command to a pipeline of ``REDIS_URL``'s server (its reply: the count)."""
-    pipe.zcount(*_alive_range(model))
+    pipe.zcount(*alive_range(model))
 
 
-def _alive_range(model: str) -> tuple[str, float, str]:
+def alive_range(model: str) -> tuple[str, float, str]:
+    """``ZCOUNT``'s arguments for the workers of ``model`` alive now."""
     return heartbeat_key(model), time.time() - settings.LLM_HEARTBEAT_TTL, "+inf"
 
 

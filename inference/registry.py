@@ -35,6 +35,8 @@ class ModelSpec:
     gpu_groups: tuple[tuple[int, ...], ...]
     cpu_groups: tuple[str, ...] = ()
     description: str = ""
+    # Takes this model's new requests while its circuit breaker is open (inference.breaker).
+    fallback: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -89,7 +91,19 @@ def _parse(name: str, raw: dict[str, Any]) -> ModelSpec:
             f"LLM_MODELS[{name!r}] sets both gpus and cpus: workers are one or the other"
         )
     options = dict(raw.get("options", {}))
-    known = {"engine", "options", "max_model_len", "default_max_tokens", "gpus", "cpus", "description"}
+    fallback = raw.get("fallback")
+    if fallback is not None and (not isinstance(fallback, str) or fallback == name):
+        raise ImproperlyConfigured(f"LLM_MODELS[{name!r}].fallback must name another model")
+    known = {
+        "engine",
+        "options",
+        "max_model_len",
+        "default_max_tokens",
+        "gpus",
+        "cpus",
+        "description",
+        "fallback",
+    }
     return ModelSpec(
         name=name,
         engine=engine,
@@ -99,6 +113,7 @@ def _parse(name: str, raw: dict[str, Any]) -> ModelSpec:
         gpu_groups=tuple(tuple(g) for g in groups),
         cpu_groups=tuple(cpus),
         description=str(raw.get("description", "")),
+        fallback=fallback,
         extra={k: v for k, v in raw.items() if k not in known},
     )
 
@@ -110,7 +125,13 @@ def _registry(frozen: str) -> dict[str, ModelSpec]:
     models = json.loads(frozen)
     if not models:
         raise ImproperlyConfigured("LLM_MODELS is empty: configure at least one model")
-    return {name: _parse(name, raw) for name, raw in models.items()}
+    specs = {name: _parse(name, raw) for name, raw in models.items()}
+    for spec in specs.values():
+        if spec.fallback is not None and spec.fallback not in specs:
+            raise ImproperlyConfigured(
+                f"LLM_MODELS[{spec.name!r}].fallback is {spec.fallback!r}, which is not in LLM_MODELS"
+            )
+    return specs
 
 
 def models() -> dict[str, ModelSpec]:

@@ -2,20 +2,36 @@
 
 DRF's validation errors keep their per-field shape but gain a ``detail`` line
 naming the first offending field, so a person reading the body sees at once
-what to fix.
+what to fix. The database being unreachable is a 503 with ``Retry-After``.
+Errors Django answers before or around a DRF view (an unknown URL, a body
+over the size limit) take the same shape through ``error_response``
+(``llmproject.error_views``).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
-from django.http import Http404
+from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from llmproject.exceptions import ApplicationError
+from llmproject.exceptions import DATABASE_UNAVAILABLE_ERRORS, ApplicationError, database_unavailable
+
+logger = logging.getLogger(__name__)
+
+
+def error_response(
+    message: str, *, status: int, code: str | None = None, retry_after: int | None = None
+) -> JsonResponse:
+    """The REST API's error shape, for errors answered outside DRF's views."""
+    response = JsonResponse({"detail": message, "code": code or "error"}, status=status)
+    if retry_after:
+        response["Retry-After"] = str(retry_after)
+    return response
 
 
 def first_error(errors: Any, path: str = "") -> tuple[str, str]:
@@ -36,6 +52,9 @@ def first_error(errors: Any, path: str = "") -> tuple[str, str]:
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, DATABASE_UNAVAILABLE_ERRORS):
+        logger.warning("database unavailable: %s: %s", type(exc).__name__, exc)
+        exc = database_unavailable()
     if isinstance(exc, ApplicationError):
         body: dict[str, Any] = {"detail": exc.message, "code": exc.code}
         if exc.field:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import InterfaceError, OperationalError
+
 
 class ApplicationError(Exception):
     status_code = 400
@@ -68,3 +70,33 @@ class NotAuthenticated(ApplicationError):
 
     status_code = 401
     code = "invalid_api_key"
+
+
+class PayloadTooLarge(ApplicationError):
+    """The request body is over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` (413)."""
+
+    status_code = 413
+    code = "request_too_large"
+
+
+class UnsupportedMediaType(ApplicationError):
+    """The body is not in a format the endpoint reads (415)."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database cannot be reached, or refused the statement for a passing reason (503)."""
+
+    code = "database_unavailable"
+
+
+# What the database raises when it is down, restarting, unreachable, out of
+# connections, or gave up on a lock or a statement: all of them pass, so a
+# client is told 503 and when to come back, not 500.
+DATABASE_UNAVAILABLE_ERRORS = (OperationalError, InterfaceError)
+
+
+def database_unavailable() -> DatabaseUnavailable:
+    return DatabaseUnavailable("the database is unavailable right now; try again shortly", retry_after=5)

@@ -27,7 +27,7 @@ import functools
 from datetime import datetime
 
 import prometheus_client
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 
 # No "<name>_created" series beside each counter and histogram: they double the
 # page for a start time Prometheus does not use.
@@ -91,14 +91,11 @@ E2E = Histogram(
 PROMPT_TOKENS = Counter("llm_prompt_tokens", "Prompt tokens of the answers stored.", ["model"])
 COMPLETION_TOKENS = Counter("llm_completion_tokens", "Tokens generated in the answers stored.", ["model"])
 
-# For the reconciler and the circuit breaker (issue 13): see reconciler_action, breaker_state.
+# For the reconciler (issue 13): see reconciler_action. The circuit breakers'
+# state is shared in Redis and read at scrape time (inference.breaker.BreakerCollector).
 RECONCILER_ACTIONS = Counter(
     "llm_reconciler_actions", "What the job reconciler did, by kind and model.", ["kind", "model"]
 )
-BREAKER_STATE = Gauge(
-    "llm_circuit_breaker_state", "A model's circuit breaker: 0 closed, 1 half-open, 2 open.", ["model"]
-)
-BREAKER_STATES = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
 
 
 class _ModelSeries:
@@ -190,8 +187,3 @@ def reconciler_action(kind: str, *, model: str, count: int = 1) -> None:
     ``cancelled``, ``failed``, ``final_sent``, ``queue_declared``) on ``model``'s jobs.
     The reconciler serves them on a port of its own (``conversations.reconciler.loop``)."""
     RECONCILER_ACTIONS.labels(kind, model).inc(count)
-
-
-def breaker_state(model: str, state: str) -> None:
-    """Set a model's circuit-breaker state in this process: ``closed``, ``half_open`` or ``open``."""
-    BREAKER_STATE.labels(model).set(BREAKER_STATES[state])

@@ -27,7 +27,10 @@ _ERRORS = {
     401: "No API key nor session, or an unknown or revoked key.",
     404: "No such object among the caller's (someone else's is not found either), or no such page.",
     409: "The object's state does not allow this (the job has already finished).",
-    503: "The job queue cannot be reached now; nothing was queued. Retry after `Retry-After`.",
+    429: "The model's queue is full (`overloaded`), or a rate limit refused the request (`throttled`); "
+    "nothing was queued. Retry after `Retry-After`.",
+    503: "The job queue or the database cannot be reached now, or the model is failing (its circuit "
+    "breaker is open: `model_unavailable`); nothing was queued. Retry after `Retry-After`.",
 }
 
 
@@ -43,7 +46,7 @@ RETRY_AFTER = OpenApiParameter(
     "Retry-After",
     int,
     OpenApiParameter.HEADER,
-    response=[503],
+    response=[429, 503],
     required=True,
     description="Seconds to wait before trying again.",
 )

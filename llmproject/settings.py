@@ -19,9 +19,29 @@ VAR_DIR.mkdir(exist_ok=True)
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
+
+def _secret_key(debug: bool) -> str:
+    """SECRET_KEY, else the file SECRET_KEY_FILE names (default var/secret_key, which
+    `make run` generates; a Docker secret's path, say); a public development key
+    only with DEBUG. Sessions, password resets and signed data all rest on it: a
+    server never starts on a key anyone can read here."""
+    path = Path(env.str("SECRET_KEY_FILE", default=str(VAR_DIR / "secret_key")))
+    key = env.str("SECRET_KEY", default="") or (path.read_text().strip() if path.is_file() else "")
+    if key:
+        return key
+    if debug:
+        return "dev-insecure-change-me-0123456789abcdefghijklmnopqrstuvwxyz"
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        "SECRET_KEY is not set: set it in the environment (e.g. the output of "
+        "python -c 'import secrets; print(secrets.token_urlsafe(50))'), or DEBUG=true for development"
+    )
+
+
 # --- Core -------------------------------------------------------------------
-SECRET_KEY = env.str("SECRET_KEY", default="dev-insecure-change-me-0123456789abcdefghijklmnopqrstuvwxyz")
 DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = _secret_key(DEBUG)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
@@ -355,6 +375,60 @@ else:
     LLM_MODELS = env.json("LLM_MODELS", default=LLM_DEFAULT_MODELS)
 LLM_DEFAULT_MODEL = env.str("LLM_DEFAULT_MODEL", default=next(iter(LLM_MODELS)))
 
+# --- Protection: error shapes, body size, limits ------------------------------
+# Origins whose pages may open a WebSocket with the user's session cookie (a
+# page elsewhere would otherwise act as the user), whatever ALLOWED_HOSTS says:
+# scheme, host and port must match one (channels' OriginValidator patterns; a
+# leading "." for subdomains). Default: the page `make run` serves on PORT, and
+# CSRF_TRUSTED_ORIGINS. Clients with a bearer key send no cookie and skip it.
+PORT = env.int("PORT", default=8000)
+WEBSOCKET_ALLOWED_ORIGINS = env.list(
+    "WEBSOCKET_ALLOWED_ORIGINS",
+    default=[
+        f"http://127.0.0.1:{PORT}",
+        f"http://localhost:{PORT}",
+        f"http://[::1]:{PORT}",
+        *(origin.replace("://*.", "://.") for origin in CSRF_TRUSTED_ORIGINS),
+    ],
+)
+# Errors Django answers itself (unknown URL, body too large, uncaught exception)
+# come out in the JSON shape of the API whose prefix the path has
+# (llmproject.error_views); other paths keep Django's pages.
+API_ERROR_RESPONSES = {
+    "/v1/": "openai_api.errors.error_response",
+    "/api/": "llmproject.exception_handler.error_response",
+}
+# Largest request body (Django's setting, default 2.5 MB): the ASGI handlers
+# stop reading past it and answer 413, chunked bodies included (Django itself
+# would spool any size to a temporary file first).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2_621_440)
+# PostgreSQL through a backend whose connection pool fails fast while the
+# server is unreachable (llmproject/postgresql/base.py): a 503 at once, not a
+# 500 after DB_POOL_TIMEOUT. A connect that gets no answer gives up after
+# DB_CONNECT_TIMEOUT seconds (libpq waits for ever, the pool's threads with it).
+if DATABASES["default"]["ENGINE"].endswith(".backends.postgresql"):  # django-prometheus's included
+    DATABASES["default"]["ENGINE"] = "llmproject.postgresql"
+    DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=5))
+# The circuit breaker of each model (inference.breaker): this many engine
+# failures in a row open it (503 with Retry-After at once, or the registry's
+# "fallback" model takes the requests; 0: no breaker), and it lets one trial
+# request through after LLM_BREAKER_RESET seconds.
+LLM_BREAKER_FAILURES = env.int("LLM_BREAKER_FAILURES", default=5)
+LLM_BREAKER_RESET = env.float("LLM_BREAKER_RESET", default=30)
+# Per-user budgets on the REST API (DRF throttles, counted in CACHES: one count
+# across every web process): e.g. API_THROTTLE_CLASSES=
+# rest_framework.throttling.UserRateThrottle,llmproject.throttling.TokenRateThrottle
+# with API_THROTTLE_RATES=user=60/min,tokens=100000/hour. None by default; the
+# OpenAI API has its own list (OPENAI_API_THROTTLE_CLASSES) on the same rates.
+REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = env.list("API_THROTTLE_CLASSES", default=[])
+# DRF's parsers, with a JSON parser that refuses JSON nested past Python's
+# recursion limit with a 400 (DRF's lets the RecursionError through: a 500).
+REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"] = [
+    "llmproject.parsers.JSONParser",
+    "rest_framework.parsers.FormParser",
+    "rest_framework.parsers.MultiPartParser",
+]
+
 # --- Logging ----------------------------------------------------------------
 # LOG_FORMAT=json: one JSON object per line (python-json-logger), for a log
 # collector; the default stays human-readable. Both carry the request's
@@ -402,7 +476,7 @@ LLM_WORKER_METRICS_ADDR = env.str("LLM_WORKER_METRICS_ADDR", default="127.0.0.1"
 LLM_WORKER_METRICS_HOST = env.str("LLM_WORKER_METRICS_HOST", default="")
 # Read when Prometheus scrapes /metrics (dotted paths): queue depth and live
 # workers per model, from Redis. Other apps add theirs here.
-METRICS_COLLECTORS = ["conversations.queue_metrics.QueueCollector"]
+METRICS_COLLECTORS = ["conversations.queue_metrics.QueueCollector", "inference.breaker.BreakerCollector"]
 # The workers' metrics addresses, for /metrics/targets.
 METRICS_TARGETS = "inference.liveness.metrics_targets"
 # /readyz: name -> async check (dotted path) returning {"ok": bool, ...}.
@@ -410,6 +484,7 @@ HEALTH_CHECKS = {
     "database": "llmproject.health.database_check",
     "redis": "llmproject.health.redis_check",
     "workers": "inference.liveness.workers_check",
+    "breakers": "inference.breaker.breakers_check",
 }
 # Seconds each readiness check may take before it counts as down.
 HEALTH_CHECK_TIMEOUT = env.float("HEALTH_CHECK_TIMEOUT", default=2.0)

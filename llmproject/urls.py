@@ -18,3 +18,9 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
 ]
+
+# Errors Django answers itself, in the JSON shape of /api/ and /v1/ under those prefixes.
+handler400 = "llmproject.error_views.bad_request"
+handler403 = "llmproject.error_views.permission_denied"
+handler404 = "llmproject.error_views.page_not_found"
+handler500 = "llmproject.error_views.server_error"

@@ -141,11 +141,14 @@ _ERRORS = {
     "(`invalid_json`), or a prompt over the model's context window (`context_length_exceeded`).",
     401: "No API key (`missing_api_key`), or an unknown or revoked one (`invalid_api_key`).",
     404: "Unknown model (`model_not_found`).",
+    413: "The body is over `DATA_UPLOAD_MAX_MEMORY_SIZE` (`request_too_large`).",
+    415: "The body is declared as something else than JSON (`unsupported_media_type`).",
     429: "The model's queue is full (`overloaded`), or a throttle of `OPENAI_API_THROTTLE_CLASSES` "
     "refused (`rate_limit_exceeded`). Retry after `Retry-After`.",
     500: "The generation failed (`generation_failed`).",
-    503: "No live worker serves the model (`no_worker`), or the job queue cannot be reached. "
-    "Retry after `Retry-After`.",
+    503: "No live worker serves the model (`no_worker`), the model is failing (its circuit breaker "
+    "is open, and no fallback takes it: `model_unavailable`), or the job queue or the database "
+    "cannot be reached (`database_unavailable`). Retry after `Retry-After`.",
     504: "No answer within `LLM_JOB_TIME_LIMIT` plus 120 s (`timeout`).",
 }
 
@@ -209,7 +212,7 @@ class ChatCompletionsSchema(_SchemaOnlyView):
                 ),
             ),
             (200, "text/event-stream"): ChatCompletionStreamEvent,
-            **_errors(400, 401, 404, 429, 500, 503, 504),
+            **_errors(400, 401, 404, 413, 415, 429, 500, 503, 504),
         },
         parameters=_HEADERS,
     )

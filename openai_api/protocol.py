@@ -18,7 +18,15 @@ from typing import Annotated, Any, Literal
 
 import pydantic
 from django.conf import settings
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from llmproject.exceptions import InvalidInput
 
@@ -44,12 +52,29 @@ _CONTENT_SCHEMA = {
 }
 
 
+def _unicode_text(value: str) -> str:
+    """Refuse a string holding a lone surrogate (JSON's ``"\\ud800"``, or UTF-8 bytes
+    of one, which ``json.loads`` lets through): it is not text, and no database,
+    tokenizer or JSON encoder downstream takes it. An ASCII string is known to
+    hold none without looking (``isascii`` reads a flag); 1.2 us for 1,000
+    characters of other text, measured."""
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ValueError("must be valid Unicode text (it holds a lone surrogate)") from None
+    return value
+
+
+UnicodeText = Annotated[str, AfterValidator(_unicode_text)]
+
+
 class ChatMessageIn(BaseModel):
     model_config = _LAX
     # "developer" is OpenAI's newer name for the system role.
     role: Literal["system", "developer", "user", "assistant"]
     # Text parts are joined before validation; the schema (OpenAPI) says they are welcome.
-    content: Annotated[str | None, WithJsonSchema(_CONTENT_SCHEMA)] = None
+    content: Annotated[UnicodeText | None, WithJsonSchema(_CONTENT_SCHEMA)] = None
 
     @field_validator("content", mode="before")
     @classmethod
@@ -91,7 +116,7 @@ class StreamOptions(BaseModel):
 
 class ChatCompletionBody(BaseModel):
     model_config = _LAX
-    model: Annotated[str, Field(max_length=100)]
+    model: Annotated[UnicodeText, Field(max_length=100)]
     messages: Annotated[list[ChatMessageIn], Field(min_length=1)]
     max_tokens: Annotated[int | None, Field(ge=1)] = None
     max_completion_tokens: Annotated[int | None, Field(ge=1)] = None
@@ -115,11 +140,16 @@ class ChatCompletionBody(BaseModel):
     @field_validator("stop", mode="before")
     @classmethod
     def _stop(cls, value: object) -> object:
-        if value is None or isinstance(value, str):
+        if value is None:
             return value
-        if isinstance(value, list) and all(isinstance(s, str) for s in value):
-            return value
-        raise ValueError("must be a string or a list of strings")
+        strings = [value] if isinstance(value, str) else value
+        if not isinstance(strings, list) or not all(isinstance(s, str) for s in strings):
+            raise ValueError("must be a string or a list of strings")
+        for string in strings:
+            _unicode_text(string)
+            if "\x00" in string:  # no use to stop at, and PostgreSQL's jsonb cannot hold it
+                raise ValueError("must not contain NUL characters")
+        return value
 
     @field_validator("n")
     @classmethod
@@ -172,13 +202,26 @@ class ChatRequest:
         )
 
 
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (Python's json reads them; DRF refuses them too).
+    raise ValueError(f"{name} is not a JSON value")
+
+
+# One decoder for every request (``json.loads`` with any option builds a new one,
+# 2 us); the body is decoded as strict UTF-8 first (``json.loads`` of bytes lets
+# the UTF-8 bytes of a lone surrogate through).
+_JSON = json.JSONDecoder(parse_constant=_no_constant)
+
+
 def parse_chat_request(raw: bytes) -> ChatRequest:
     """The request body, validated; ``InvalidInput`` naming the first bad parameter
     (``messages.0.role``) otherwise."""
     try:
-        data = json.loads(raw or b"null")
-    except ValueError as exc:
+        data = _JSON.decode(raw.decode() if raw else "null")
+    except ValueError as exc:  # UnicodeDecodeError included: the body is not UTF-8
         raise InvalidInput(f"the body is not valid JSON: {exc}", code="invalid_json") from exc
+    except RecursionError:
+        raise InvalidInput("the body is not valid JSON: nested too deeply", code="invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidInput("the body must be a JSON object", code="invalid_json")
     try:

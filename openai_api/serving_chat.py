@@ -27,38 +27,51 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from conversations.admission import model_admit
+from conversations.admission import Admission, model_admit
 from conversations.dispatch import job_abandon
 from conversations.models import Message
 from conversations.services import StartedConversation, conversation_start
 from conversations.streams.hub import follow
 from inference.params import resolve_model
+from llmproject.throttling import token_cost
 from openai_api.errors import error_body, error_response
 from openai_api.protocol import parse_chat_request
 from openai_api.responses import FINISH_REASONS, SSE_DONE, SSE_KEEPALIVE, Completion, sse, usage
-from openai_api.throttling import throttle_check
+from openai_api.throttling import throttle_check, tokens_charge_openai
 
 logger = logging.getLogger(__name__)
 
 
 async def create_chat_completion(
-    request: HttpRequest, *, user: AbstractBaseUser
+    request: HttpRequest, *, user: AbstractBaseUser, priority: int = 5
 ) -> HttpResponse | AsyncIterator[bytes]:
     """The whole answer as a ``chat.completion`` response or, for ``stream: true``, the
-    server-sent events to stream. Raises the platform's ``ApplicationError``s (bad
-    input, throttled, no worker, queue full, queue down)."""
+    server-sent events to stream; the job queued at ``priority`` (the API key's).
+    Raises the platform's ``ApplicationError``s (bad input, throttled, no worker,
+    queue full, model failing, queue or database down)."""
     chat = parse_chat_request(request.body)
     spec = resolve_model(chat.model)
     if settings.OPENAI_API_THROTTLE_CLASSES:
         await sync_to_async(throttle_check)(request=request, user=user)
-    await model_admit(spec=spec)
+    # Refused here, before any database work; else a place is held in the queue
+    # until the job is in it (``_store`` gives it back). While the model's breaker
+    # is open its fallback, if any, answers (and is named in the response).
+    admission = await model_admit(spec=spec)
+    spec = admission.spec
     started = await _store_unless_left(
         continue_on_disconnect=chat.continue_on_disconnect,
+        admission=admission,
         owner=user,
         model=spec.name,
         messages=chat.messages,
         params=chat.params,
+        priority=priority,
     )
+    if settings.OPENAI_API_THROTTLE_CLASSES:
+        tokens = token_cost(
+            max_tokens=started.job.params["max_tokens"], text_chars=sum(len(c) for _, c in chat.messages)
+        )
+        await sync_to_async(tokens_charge_openai)(user=user, tokens=tokens)
     completion = Completion(id=f"chatcmpl-{started.job.pk}", created=int(time.time()), model=spec.name)
     answer = Answer(
         job_id=started.job.pk,
@@ -110,14 +123,16 @@ def _abandon(*, job_id: int) -> None:
         connection.close()  # back to the pool: this thread serves no request
 
 
-def _store(**kwargs: Any) -> StartedConversation:
+def _store(*, admission: Admission, **kwargs: Any) -> StartedConversation:
     """``conversation_start``, then the request's database connection goes back (to the
     pool, if any): the answer streams for seconds without needing it, and a
-    connection held per open stream would cap the streams at the pool's size."""
+    connection held per open stream would cap the streams at the pool's size.
+    The job is in its queue by then (or failed): the admission's place is given back."""
     try:
         return conversation_start(**kwargs)
     finally:
         connection.close()
+        admission.release()
 
 
 class Answer:

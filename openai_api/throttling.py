@@ -17,6 +17,7 @@ from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
 from llmproject.exceptions import TooManyRequests
+from llmproject.throttling import tokens_charge
 
 
 def throttle_check(*, request: HttpRequest, user: AbstractBaseUser) -> None:
@@ -32,7 +33,15 @@ def throttle_check(*, request: HttpRequest, user: AbstractBaseUser) -> None:
         if not throttle.allow_request(request, None):
             wait = throttle.wait()
             raise TooManyRequests(
-                "rate limit reached for your API key; try again later",
+                getattr(throttle, "refusal", "rate limit reached for your API key; try again later"),
                 code="rate_limit_exceeded",
                 retry_after=max(1, math.ceil(wait)) if wait is not None else None,
             )
+
+
+def tokens_charge_openai(*, user: AbstractBaseUser, tokens: int) -> None:
+    """Charge an admitted request's tokens to ``user``'s budget, if a ``TokenRateThrottle``
+    is among ``OPENAI_API_THROTTLE_CLASSES``. Synchronous (the cache)."""
+    tokens_charge(
+        user=user, tokens=tokens, throttles=[import_string(p) for p in settings.OPENAI_API_THROTTLE_CLASSES]
+    )

@@ -10,26 +10,34 @@ here, in one place.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.contrib.auth.models import AbstractBaseUser
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
 
-from conversations.authentication import api_key_user, api_key_user_cached, bearer_token
+from conversations.authentication import KeyGrant, api_key_grant, api_key_grant_cached, bearer_token
 from inference import registry
-from llmproject.exceptions import ApplicationError, NotAuthenticated
-from openai_api.errors import application_error_response
+from llmproject.exceptions import (
+    DATABASE_UNAVAILABLE_ERRORS,
+    ApplicationError,
+    NotAuthenticated,
+    UnsupportedMediaType,
+    database_unavailable,
+)
+from openai_api.errors import application_error_response, error_response
 from openai_api.serving_chat import create_chat_completion
+
+logger = logging.getLogger(__name__)
 
 View = Callable[..., Awaitable[HttpResponse]]
 
 
 def openai_errors(view: View) -> View:
-    """Answer the platform's errors in OpenAI's shape."""
+    """Answer the platform's errors, and the database's being unreachable (503), in
+    OpenAI's shape."""
 
     @functools.wraps(view)
     async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -37,25 +45,58 @@ def openai_errors(view: View) -> View:
             return await view(request, *args, **kwargs)
         except ApplicationError as exc:
             return application_error_response(exc)
+        except DATABASE_UNAVAILABLE_ERRORS as exc:
+            logger.warning("database unavailable: %s: %s", type(exc).__name__, exc)
+            return application_error_response(database_unavailable())
 
     return wrapper
 
 
-async def authenticate(request: HttpRequest) -> AbstractBaseUser:
+def allow(method: str) -> Callable[[View], View]:
+    """Only ``method``; any other is a 405 in OpenAI's shape (Django's ``require_POST``
+    answers with an empty body)."""
+
+    def decorator(view: View) -> View:
+        @functools.wraps(view)
+        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method != method:
+                response = error_response(
+                    f"method {request.method} is not allowed here; use {method}",
+                    status=405,
+                    code="method_not_allowed",
+                )
+                response["Allow"] = method
+                return response
+            return await view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+def require_json(request: HttpRequest) -> None:
+    """Refuse a body declared as anything but JSON (``curl -d`` sends a form). No
+    ``Content-Type`` at all is read as JSON, as vLLM's (FastAPI's) server does."""
+    kind = request.content_type
+    if kind and kind != "application/json" and not kind.endswith("+json"):
+        raise UnsupportedMediaType(f"the body must be JSON (Content-Type: application/json), not {kind!r}")
+
+
+async def authenticate(request: HttpRequest) -> KeyGrant:
     header = request.headers.get("Authorization", "")
     token = bearer_token(header) if header else None
     if token is None:
         raise NotAuthenticated(
             "no API key: send the header 'Authorization: Bearer <api key>'", code="missing_api_key"
         )
-    user = api_key_user_cached(raw=token) or await sync_to_async(api_key_user)(raw=token)
-    if user is None:
+    grant = api_key_grant_cached(raw=token) or await sync_to_async(api_key_grant)(raw=token)
+    if grant is None:
         raise NotAuthenticated("invalid or revoked API key")
-    return user
+    return grant
 
 
 @csrf_exempt
-@require_GET
+@allow("GET")
 @openai_errors
 async def model_list(request: HttpRequest) -> HttpResponse:
     await authenticate(request)
@@ -74,7 +115,7 @@ async def model_list(request: HttpRequest) -> HttpResponse:
 
 
 @csrf_exempt
-@require_POST
+@allow("POST")
 @openai_errors
 async def chat_completions(request: HttpRequest) -> HttpResponse:
     """``POST /v1/chat/completions``: OpenAI's body; ``stream: true`` answers with SSE.
@@ -82,8 +123,9 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     Extensions: ``ignore_eos`` (vLLM's) and ``continue_on_disconnect`` (keep
     generating, and store the answer, if the client goes away).
     """
-    user = await authenticate(request)
-    answer = await create_chat_completion(request, user=user)
+    grant = await authenticate(request)
+    require_json(request)
+    answer = await create_chat_completion(request, user=grant.user, priority=grant.priority)
     if isinstance(answer, HttpResponse):
         return answer
     response = StreamingHttpResponse(answer, content_type="text/event-stream")

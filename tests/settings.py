@@ -62,6 +62,8 @@ TEST_MODELS = {
 }
 
 os.environ["REDIS_URL"] = _test_redis_url()
+# The settings refuse to start without a secret key (unless DEBUG).
+os.environ.setdefault("SECRET_KEY", "tests-only-not-a-secret-0123456789abcdefghijklmnopqrstuvwxyz")
 os.environ.setdefault("LLM_MODELS", json.dumps(TEST_MODELS))
 os.environ.setdefault("LLM_RETRY_BACKOFF", "1")
 os.environ.setdefault("LLM_DEFAULT_MODEL", "echo")

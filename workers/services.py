@@ -15,6 +15,7 @@ from conversations.answers import Answer, answer_stash, answer_timings, answer_u
 from conversations.lifecycle import job_announce, job_claim, job_fail, job_finish, job_release
 from conversations.models import InferenceJob
 from conversations.storage.claim import Claim
+from inference.breaker import breaker_record_failure, breaker_record_success
 from inference.engines.base import EngineError
 from inference.requests import GenerationRequest, SamplingParams
 from workers import runtime
@@ -101,6 +102,8 @@ def _run(*, job_id: int, host: runtime.EngineHost) -> None:
                 attempt=claim.attempt,
             )
         else:
+            # The engine failing (not the request): the model's breaker counts it.
+            breaker_record_failure(model=job.model, error=str(exc))
             _retry_or_fail(claim=claim, error=str(exc), kind=InferenceJob.ErrorKind.TRANSIENT, cause=exc)
         return
     except TimeoutError as exc:
@@ -130,6 +133,8 @@ def _run(*, job_id: int, host: runtime.EngineHost) -> None:
             count_attempt=False,
         )
         raise JobInterrupted(f"job {job.pk} interrupted by worker shutdown")
+    # The engine answered: the model's breaker counts a success, whatever the store does.
+    breaker_record_success(model=job.model)
     answer = _answer(claim, result)
     if _store(claim=claim, answer=answer):
         job_announce(claim=claim, answer=answer)

@@ -162,3 +162,23 @@ def test_revoking_api_keys_is_an_action(operator, settings):
     response = action(operator, "/admin/conversations/apikey/", "revoke_selected", [key.pk])
     assert "1 key(s) revoked" in response.content.decode()
     assert api_key_user(raw=raw) is None
+
+
+def test_the_failures_list_shows_each_models_circuit_breaker(operator, settings):
+    import redis
+
+    from inference.breaker import breaker_key, breaker_record_failure
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.delete(breaker_key("spare"))
+    settings.LLM_BREAKER_FAILURES = 1
+    try:
+        assert breaker_record_failure(model="spare", error="vLLM engine died: CUDA error")
+        page = operator.get("/admin/conversations/jobfailure/")
+        breakers = {b.model: b for b in page.context["breakers"]}
+        assert breakers["spare"].state == "open" and breakers["echo"].state == "closed"
+        html = page.content.decode()
+        assert "<strong>open</strong>" in html and "vLLM engine died: CUDA error" in html
+    finally:
+        client.delete(breaker_key("spare"))
+        client.close()

@@ -74,7 +74,7 @@ def test_the_api_key_is_a_bearer_scheme_offered_beside_the_session(openapi):
 
 def test_errors_202_and_its_location_are_documented(openapi):
     post = openapi.operation("post", MESSAGES)["responses"]
-    assert set(post) == {"202", "400", "401", "404", "503"}
+    assert set(post) == {"202", "400", "401", "404", "429", "503"}
     assert post["202"]["headers"]["Location"]["required"]
     assert post["503"]["headers"]["Retry-After"]["required"]
     assert post["400"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/Error"

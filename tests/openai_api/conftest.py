@@ -47,7 +47,7 @@ class ServerProcess:
                 "--log-level",
                 "warning",
             ],
-            env=worker_env(**env),
+            env=worker_env(**{"PORT": str(self.port), **env}),  # as make run sets it
             stdout=self.log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,

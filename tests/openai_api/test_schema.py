@@ -44,7 +44,7 @@ def test_v1_is_documented_with_its_bodies_errors_and_the_api_key(openapi):
     ok = chat["responses"]["200"]["content"]
     assert ref(ok["application/json"]) == "ChatCompletion"
     assert ref(ok["text/event-stream"]) == "ChatCompletionStreamEvent"
-    errors = {"400", "401", "404", "429", "500", "503", "504"}
+    errors = {"400", "401", "404", "413", "415", "429", "500", "503", "504"}
     assert set(chat["responses"]) == {"200", *errors}
     for status in errors:
         assert ref(chat["responses"][status]["content"]["application/json"]) == "OpenAIError"
