@@ -133,10 +133,9 @@ def _run(*, job_id: int, host: runtime.EngineHost) -> None:
             count_attempt=False,
         )
         raise JobInterrupted(f"job {job.pk} interrupted by worker shutdown")
-    # The engine answered: the model's breaker counts a success, whatever the store does.
-    breaker_record_success(model=job.model)
     answer = _answer(claim, result)
     if _store(claim=claim, answer=answer):
+        breaker_record_success(model=job.model)
         job_announce(claim=claim, answer=answer)
 
 
