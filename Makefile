@@ -38,8 +38,15 @@ prometheus-installed:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
 	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }; }
 
+# The fault tests (tests/faults) start a redis-server of their own.
+.PHONY: fault-test-deps
+fault-test-deps:
+	@command -v redis-server >/dev/null || { \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; }; }
+
 # SQLite unless DATABASE_URL is set (.ci/run points it at PostgreSQL).
-test: lint prometheus-installed browser
+test: lint prometheus-installed fault-test-deps browser
 	REDIS_URL="$$(scripts/ensure-redis.sh)" $(PY) -m pytest $(PYTEST_ARGS)
 
 # The browser tests (tests/browser) drive Debian's Chromium through its chromedriver.

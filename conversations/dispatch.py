@@ -61,14 +61,7 @@ def job_publish(*, job: InferenceJob) -> None:
     marked failed (nothing will run it) and ``ServiceUnavailable`` is raised.
     """
     try:
-        app.send_task(
-            RUN_JOB_TASK,
-            args=[job.pk],
-            queue=job.queue,
-            task_id=job.celery_task_id,
-            priority=_LOWEST_BROKER_PRIORITY - job.priority,
-            retry=True,
-        )
+        _send(job)
         logger.debug("job %s published to %s", job.pk, job.queue)
     except (BrokerError, redis.exceptions.ConnectionError) as exc:
         logger.error("could not publish job %s to %s: %s", job.pk, job.queue, exc)
@@ -80,6 +73,24 @@ def job_publish(*, job: InferenceJob) -> None:
         raise ServiceUnavailable(
             "the job queue is unavailable right now; try again shortly", retry_after=5
         ) from exc
+
+
+def job_republish(*, job: InferenceJob) -> None:
+    """Send a queued job to its queue again, under the same task id (the reconciler does,
+    when its message was lost or its attempt taken back). A delivery too many is harmless:
+    claims are idempotent. Raises the broker's errors; the job stays queued."""
+    _send(job)
+
+
+def _send(job: InferenceJob) -> None:
+    app.send_task(
+        RUN_JOB_TASK,
+        args=[job.pk],
+        queue=job.queue,
+        task_id=job.celery_task_id,
+        priority=_LOWEST_BROKER_PRIORITY - job.priority,
+        retry=True,
+    )
 
 
 def job_cancel(*, job: InferenceJob) -> InferenceJob:

@@ -11,7 +11,7 @@ the job still belongs to that attempt. A worker's task runs these
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import redis.exceptions
 from django.conf import settings
@@ -19,6 +19,7 @@ from django.db import DatabaseError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from conversations.answers import Answer
 from conversations.eventlog import event_record
 from conversations.models import ConversationEvent, InferenceJob, Message
 from conversations.storage.claim import Claim, claim
@@ -71,63 +72,63 @@ def job_claim(*, job_id: int, worker: str) -> Claim | None:
     return None
 
 
-def job_finish(
-    *,
-    claim: Claim,
-    text: str,
-    finish_reason: str,
-    prompt_tokens: int,
-    completion_tokens: int,
-    first_token_at: datetime | None,
-    finished_at: datetime,
-) -> bool:
+def job_finish(*, claim: Claim, answer: Answer, stored_by: str = "worker") -> bool:
     """Store the answer (or, after a cancel, the partial answer) if the job still belongs to
-    ``claim``; False if another attempt took over."""
+    ``claim``; False if another attempt took over. Raises the database's errors."""
     job = claim.job
-    cancelled = finish_reason == "abort"
     stored = finish(
         job_id=job.pk,
         message_id=job.message_id,
         attempt=claim.attempt,
-        job_state=InferenceJob.State.CANCELLED if cancelled else InferenceJob.State.SUCCEEDED,
+        job_state=InferenceJob.State.CANCELLED if answer.cancelled else InferenceJob.State.SUCCEEDED,
         conversation_id=claim.conversation_id,
         correlation_id=job.correlation_id,
         reply={
-            "content": text,
-            "status": Message.Status.CANCELLED if cancelled else Message.Status.COMPLETED,
-            "finish_reason": finish_reason,
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "first_token_at": first_token_at,
-            "finished_at": finished_at,
+            "content": answer.text,
+            "status": Message.Status.CANCELLED if answer.cancelled else Message.Status.COMPLETED,
+            "finish_reason": answer.finish_reason,
+            "prompt_tokens": answer.prompt_tokens,
+            "completion_tokens": answer.completion_tokens,
+            "first_token_at": answer.first_token_at,
+            "finished_at": answer.finished_at,
         },
         event_kind=(
             ConversationEvent.Kind.INFERENCE_CANCELLED
-            if cancelled
+            if answer.cancelled
             else ConversationEvent.Kind.RESPONSE_GENERATED
         ),
         event_payload={
             "job_id": job.pk,
             "attempt": claim.attempt,
-            "finish_reason": finish_reason,
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
+            "finish_reason": answer.finish_reason,
+            "prompt_tokens": answer.prompt_tokens,
+            "completion_tokens": answer.completion_tokens,
+            **({"stored_by": stored_by} if stored_by != "worker" else {}),
         },
-        now=finished_at,
+        now=answer.finished_at,
     )
     if not stored:
         logger.warning("job %s attempt %s was superseded; its answer is discarded", job.pk, claim.attempt)
         return False
     metrics.job_answered(
         model=job.model,
-        cancelled=cancelled,
+        cancelled=answer.cancelled,
         queued_at=job.message.queued_at,
-        first_token_at=first_token_at,
-        finished_at=finished_at,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
+        first_token_at=answer.first_token_at,
+        finished_at=answer.finished_at,
+        prompt_tokens=answer.prompt_tokens,
+        completion_tokens=answer.completion_tokens,
     )
     return True
+
+
+def job_announce(*, claim: Claim, answer: Answer) -> None:
+    """Tell the clients of a stored answer (its ``completed`` or ``cancelled`` event). If Redis
+    cannot take the event the answer stands: the reconciler sends it once Redis is back."""
+    try:
+        push_event(claim.conversation_id, answer.event(claim.job.message_id))
+    except (redis.exceptions.RedisError, OSError):
+        logger.exception("could not push the end of job %s", claim.job.pk)
 
 
 def job_release(
@@ -248,6 +249,103 @@ def job_cancel_queued(*, job_id: int) -> bool:
     metrics.job_cancelled_queued(model=job.model)
     _push_stored(job, {"event": "cancelled", "message_id": job.message_id, "content": ""})
     return True
+
+
+def job_claimed(*, job: InferenceJob) -> Claim:
+    """The claim a running ``job`` (its ``message`` loaded) is held under, for whoever acts
+    on that attempt in its worker's place."""
+    return Claim(job=job, attempt=job.attempts, history=())
+
+
+def job_take_back(*, claim: Claim, reason: str, error_kind: InferenceJob.ErrorKind) -> bool:
+    """Put a running job whose attempt nobody runs any more (its worker died, dropped it,
+    or it outlived the time limit) back in the queued state for a new attempt; the caller
+    publishes it again. False if the attempt is over already (finished, or taken over).
+
+    The attempt counts: a job that kills its workers fails at its attempt cap, it
+    does not loop. The attempt ends in the event log as a retried one (the admin's
+    attempts), and the reconciler's action beside it.
+    """
+    job = claim.job
+    now = timezone.now()
+    with transaction.atomic():
+        updated = InferenceJob.objects.filter(InferenceJob.held(attempt=claim.attempt), pk=job.pk).update(
+            state=InferenceJob.State.QUEUED, last_error=reason, error_kind=error_kind, updated_at=now
+        )
+        if not updated:
+            return False
+        Message.objects.filter(pk=job.message_id).update(status=Message.Status.QUEUED)
+        base = {"job_id": job.pk, "attempt": claim.attempt}
+        for kind, payload in (
+            (
+                ConversationEvent.Kind.INFERENCE_RETRYING,
+                {"worker": job.worker, "error": reason, "error_kind": error_kind, "by": "reconciler"},
+            ),
+            (ConversationEvent.Kind.JOB_RECONCILED, {"action": "requeued", "reason": reason}),
+        ):
+            event_record(
+                conversation_id=claim.conversation_id,
+                kind=kind,
+                correlation_id=job.correlation_id,
+                message_id=job.message_id,
+                payload={**base, **payload},
+            )
+    metrics.job_retried(model=job.model, error_kind=error_kind)
+    logger.warning("job %s attempt %s taken back: %s", job.pk, claim.attempt, reason)
+    return True
+
+
+def job_cancel_orphaned(*, claim: Claim, text: str, reason: str) -> bool:
+    """Finish the cancel of a running job that nobody runs any more (its cancel was asked,
+    its worker died): cancelled, keeping ``text``, what its clients saw of it. False if
+    the attempt is over already."""
+    job = claim.job
+    now = timezone.now()
+    with transaction.atomic():
+        updated = (
+            InferenceJob.objects.filter(InferenceJob.held(attempt=claim.attempt), pk=job.pk)
+            .filter(cancel_requested=True)
+            .update(state=InferenceJob.State.CANCELLED, finished_at=now, updated_at=now)
+        )
+        if not updated:
+            return False
+        Message.objects.filter(pk=job.message_id).update(
+            status=Message.Status.CANCELLED, content=text, finish_reason="abort", finished_at=now
+        )
+        for kind, payload in (
+            (ConversationEvent.Kind.INFERENCE_CANCELLED, {"while": "orphaned", "worker": job.worker}),
+            (ConversationEvent.Kind.JOB_RECONCILED, {"action": "cancelled", "reason": reason}),
+        ):
+            event_record(
+                conversation_id=claim.conversation_id,
+                kind=kind,
+                correlation_id=job.correlation_id,
+                message_id=job.message_id,
+                payload={"job_id": job.pk, "attempt": claim.attempt, **payload},
+            )
+    metrics.job_answered(
+        model=job.model,
+        cancelled=True,
+        queued_at=None,
+        first_token_at=None,
+        finished_at=now,
+        prompt_tokens=0,
+        completion_tokens=0,
+    )
+    _push_stored(job, {"event": "cancelled", "message_id": job.message_id, "content": text})
+    return True
+
+
+def job_reconciled(*, job: InferenceJob, attempt: int, action: str, reason: str) -> None:
+    """Log what the reconciler did to a job (``job_reconciled``), where the state change
+    it made logs nothing of its own about the reconciler."""
+    event_record(
+        conversation_id=job.message.conversation_id,
+        kind=ConversationEvent.Kind.JOB_RECONCILED,
+        correlation_id=job.correlation_id,
+        message_id=job.message_id,
+        payload={"job_id": job.pk, "attempt": attempt, "action": action, "reason": reason},
+    )
 
 
 def _push_stored(job: InferenceJob, event: StreamEvent) -> None:

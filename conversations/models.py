@@ -105,6 +105,8 @@ class ConversationEvent(models.Model):
         # An operator's actions on a failed job (the admin's "retry" and "mark resolved").
         INFERENCE_REQUEUED = "inference_requeued"
         FAILURE_RESOLVED = "failure_resolved"
+        # The reconciler acted on a stuck job (payload: action, reason, attempt).
+        JOB_RECONCILED = "job_reconciled"
 
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="events")
     message = models.ForeignKey(

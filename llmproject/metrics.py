@@ -93,7 +93,9 @@ COMPLETION_TOKENS = Counter("llm_completion_tokens", "Tokens generated in the an
 
 # For the reconciler (issue 13): see reconciler_action. The circuit breakers'
 # state is shared in Redis and read at scrape time (inference.breaker.BreakerCollector).
-RECONCILER_ACTIONS = Counter("llm_reconciler_actions", "What the job reconciler did, by kind.", ["kind"])
+RECONCILER_ACTIONS = Counter(
+    "llm_reconciler_actions", "What the job reconciler did, by kind and model.", ["kind", "model"]
+)
 
 
 class _ModelSeries:
@@ -180,6 +182,8 @@ def job_retried(*, model: str, error_kind: str) -> None:
     RETRIES.labels(model, error_kind).inc()
 
 
-def reconciler_action(kind: str) -> None:
-    """Count one action of the job reconciler (e.g. ``requeued``, ``failed``, ``cancelled``)."""
-    RECONCILER_ACTIONS.labels(kind).inc()
+def reconciler_action(kind: str, *, model: str, count: int = 1) -> None:
+    """Count actions of the job reconciler (``requeued``, ``republished``, ``stored``,
+    ``cancelled``, ``failed``, ``final_sent``, ``queue_declared``) on ``model``'s jobs.
+    The reconciler serves them on a port of its own (``conversations.reconciler.loop``)."""
+    RECONCILER_ACTIONS.labels(kind, model).inc(count)

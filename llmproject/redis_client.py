@@ -52,9 +52,9 @@ def redis_client(url: str | None = None) -> aioredis.Redis:
 @functools.cache
 def sync_redis_client(url: str | None = None) -> redis.Redis:
     """A blocking Redis client for ``url`` (default ``REDIS_URL``), one per process, for
-    synchronous code (DRF views, a worker's task threads, a metrics scrape);
-    thread-safe (a pool of connections). Reads time out rather than hang a request
-    on a half-open socket."""
+    synchronous code (DRF views, a worker's task threads (an answer's stash), a metrics
+    scrape, the reconciler); thread-safe (a pool of connections). Reads time out rather
+    than hang a caller on a half-open socket."""
     return redis.Redis.from_url(
         url or settings.REDIS_URL,
         decode_responses=True,

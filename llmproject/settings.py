@@ -361,6 +361,20 @@ LLM_MAX_QUEUED_PER_MODEL = env.int("LLM_MAX_QUEUED_PER_MODEL", default=256)
 # DEFAULT_THROTTLE_RATES; none by default.
 OPENAI_API_THROTTLE_CLASSES = env.list("OPENAI_API_THROTTLE_CLASSES", default=[])
 
+# --- Reconciler (manage.py reconcile, one per deployment) -------------------
+# How often it looks for stuck jobs. A worker's jobs run again within about
+# LLM_HEARTBEAT_TTL + this after it dies (its beat must lapse first).
+LLM_RECONCILE_INTERVAL = env.float("LLM_RECONCILE_INTERVAL", default=1.0)
+# A queued job whose message has been nowhere in the broker (not queued, not
+# just taken by a worker, not waiting for its retry time) for this long is
+# published again: long enough that a message on its way is never taken for lost.
+LLM_RECONCILE_GRACE = env.float("LLM_RECONCILE_GRACE", default=5.0)
+# Its metrics (what it did, the job outcomes it recorded) on a port of its own,
+# as a worker's: any free one when 0, "off" for none; listed by /metrics/targets.
+LLM_RECONCILER_METRICS_PORT = env.str("LLM_RECONCILER_METRICS_PORT", default="0")
+LLM_RECONCILER_METRICS_ADDR = env.str("LLM_RECONCILER_METRICS_ADDR", default="127.0.0.1")
+LLM_RECONCILER_METRICS_HOST = env.str("LLM_RECONCILER_METRICS_HOST", default="")
+
 if env.str("LLM_MODELS_FILE", default=""):
     LLM_MODELS = json.loads(Path(env.str("LLM_MODELS_FILE")).read_text())
 else:

@@ -138,6 +138,7 @@ start web $((WEB_STOP_GRACE + 5)) "$PY" -m uvicorn llmproject.asgi:application \
 start workers $((workers_stop + 5)) "$PY" manage.py run_workers --stop-timeout "$workers_stop"
 start flower 5 "$PY" -m celery -A llmproject flower --address=127.0.0.1 --port="$FLOWER_PORT" \
   --basic-auth="${FLOWER_BASIC_AUTH:-$user:$password}"
+start reconciler 5 "$PY" manage.py reconcile
 
 # wait_for PART SECONDS INTERVAL COMMAND...: run COMMAND until it succeeds,
 # while every part runs; give up after SECONDS.

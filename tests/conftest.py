@@ -138,20 +138,19 @@ def worker_env(**extra: str) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """``manage.py run_workers <model>`` in a subprocess, with its log in a file."""
+    """``manage.py run_workers <model> [--group N]`` in a subprocess, with its log in a file."""
 
-    def __init__(self, model: str, log_path: Path, **env: str) -> None:
+    def __init__(self, model: str, log_path: Path, *, group: int | None = None, **env: str) -> None:
         self.model = model
         self.log_path = log_path
         self.log = log_path.open("wb")
+        command = [sys.executable, str(ROOT / "manage.py"), "run_workers", model, "--loglevel=info"]
+        if group is not None:
+            command.append(f"--group={group}")
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "manage.py"), "run_workers", model, "--loglevel=info"],
-            env=worker_env(**env),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
+            command, env=worker_env(**env), stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT
         )
-        self.name = f"{model}-0@{os.uname().nodename}"
+        self.name = f"{model}-{group or 0}@{os.uname().nodename}"
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

@@ -86,6 +86,11 @@ from llmproject.settings import *  # noqa: E402, F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
+if DATABASES["default"]["ENGINE"].endswith("sqlite3") and os.environ.get("TEST_SQLITE_TIMEOUT"):  # noqa: F405
+    # The fault tests' processes give up on a write lock sooner (the lock held by the
+    # test stands in for a database outage).
+    DATABASES["default"]["OPTIONS"]["timeout"] = float(os.environ["TEST_SQLITE_TIMEOUT"])  # noqa: F405
+
 if DATABASES["default"]["ENGINE"].endswith("postgresql"):  # noqa: F405
     # A test that waits on a lock fails with PostgreSQL's error instead of hanging.
     DATABASES["default"].setdefault("OPTIONS", {})["options"] = "-c lock_timeout=60s"  # noqa: F405

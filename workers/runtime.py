@@ -28,7 +28,7 @@ from inference.engines.base import Engine
 from inference.registry import ModelSpec
 from inference.requests import GenerationRequest
 from workers.generation import GenerationResult, generate_and_stream
-from workers.heartbeat import Heartbeat
+from workers.heartbeat import Heartbeat, HeldJobs, worker_id
 from workers.metrics import start_metrics_server
 
 logger = logging.getLogger(__name__)
@@ -52,8 +52,11 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 class EngineHost:
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, *, nodename: str) -> None:
         self.spec = spec
+        # This worker's id in heartbeats and in the ``worker`` field of the jobs it claims.
+        self.worker_id = worker_id(nodename)
+        self.held = HeldJobs()
         # uvloop where installed (uvicorn[standard] brings it), as `vllm serve` runs
         # AsyncLLM: every token of every answer passes through this loop's callbacks.
         self.loop = _new_event_loop()
@@ -86,7 +89,9 @@ class EngineHost:
         self.publisher.start()
         set_process_publisher(self.publisher, self.loop)
         # Last: the API sends this model's jobs only once a worker beats.
-        self.heartbeat = Heartbeat(model=self.spec.name, metrics_address=self.metrics_address)
+        self.heartbeat = Heartbeat(
+            model=self.spec.name, worker=self.worker_id, held=self.held, metrics_address=self.metrics_address
+        )
         await self.heartbeat.start()
 
     @property
@@ -223,11 +228,12 @@ class EngineHost:
 _host: EngineHost | None = None
 
 
-def start_host(spec: ModelSpec) -> EngineHost:
+def start_host(spec: ModelSpec, *, nodename: str) -> EngineHost:
+    """Start this process's engine host; ``nodename`` is the Celery worker's (``echo-0@host``)."""
     global _host
     if _host is not None:
         raise RuntimeError(f"this process already serves {_host.spec.name}")
-    host = EngineHost(spec)
+    host = EngineHost(spec, nodename=nodename)
     host.start()
     _host = host
     return host

@@ -4,19 +4,17 @@ stored (or failed, or handed back for a retry). Called by the Celery task."""
 from __future__ import annotations
 
 import logging
+import time
 import traceback
-from datetime import timedelta
 
 import redis.exceptions
 from django.conf import settings
-from django.db import connection
-from django.utils import timezone
+from django.db import InterfaceError, OperationalError, connection
 
-from conversations.lifecycle import job_claim, job_fail, job_finish, job_release
-from conversations.models import InferenceJob, Message
+from conversations.answers import Answer, answer_stash, answer_timings, answer_unstash
+from conversations.lifecycle import job_announce, job_claim, job_fail, job_finish, job_release
+from conversations.models import InferenceJob
 from conversations.storage.claim import Claim
-from conversations.streams.events import StreamEvent, Timings
-from conversations.streams.push import push_event
 from inference.breaker import breaker_record_failure, breaker_record_success
 from inference.engines.base import EngineError
 from inference.requests import GenerationRequest, SamplingParams
@@ -24,6 +22,11 @@ from workers import runtime
 from workers.generation import GenerationResult
 
 logger = logging.getLogger(__name__)
+
+# After a failed store a delivery retries it for this long (backoff 0.25 s doubling to
+# 2 s), then leaves its stashed answer to the reconciler. A pooled connection the
+# database dropped fails at once and the next one works: most blips end here.
+STORE_RETRY_SECONDS = 10.0
 
 
 class TransientJobError(Exception):
@@ -34,19 +37,29 @@ class JobInterrupted(Exception):
     """The worker stopped mid-job; the job is queued again and its message must be requeued."""
 
 
-def job_run(*, job_id: int, worker: str) -> None:
-    """Run one delivery of a job on this worker's engine.
+def job_run(*, job_id: int) -> None:
+    """Run one delivery of a job on this worker's engine (claimed in the name of the
+    worker's ``worker_id``).
 
     Raises ``TransientJobError`` for failures worth retrying (the claim is
     released first) and ``JobInterrupted`` when the worker shuts down
     mid-answer; records permanent failures, and a transient one on the last
     attempt, and returns.
+
+    The job is held (in this worker's heartbeat) from before its claim to the
+    end of the delivery: a job left running that its worker no longer holds is
+    the reconciler's to finish.
     """
-    claim = job_claim(job_id=job_id, worker=worker)
+    host = runtime.current_host()
+    with host.held.hold(job_id):
+        _run(job_id=job_id, host=host)
+
+
+def _run(*, job_id: int, host: runtime.EngineHost) -> None:
+    claim = job_claim(job_id=job_id, worker=host.worker_id)
     if claim is None:
         return
     job = claim.job
-    host = runtime.current_host()
     if host.spec.name != job.model:
         job_fail(
             job_id=job.pk,
@@ -120,35 +133,68 @@ def job_run(*, job_id: int, worker: str) -> None:
             count_attempt=False,
         )
         raise JobInterrupted(f"job {job.pk} interrupted by worker shutdown")
-    stored = job_finish(
-        claim=claim,
+    answer = _answer(claim, result)
+    if _store(claim=claim, answer=answer):
+        breaker_record_success(model=job.model)
+        job_announce(claim=claim, answer=answer)
+
+
+def _answer(claim: Claim, result: GenerationResult) -> Answer:
+    message = claim.job.message
+    return Answer(
         text=result.text,
         finish_reason=result.finish_reason,
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
         first_token_at=result.first_token_at,
         finished_at=result.finished_at,
+        timings=answer_timings(
+            queued_at=message.queued_at,
+            started_at=message.started_at,
+            first_token_at=result.first_token_at,
+            finished_at=result.finished_at,
+        ),
     )
-    if not stored:
-        return
-    breaker_record_success(model=job.model)
-    if result.finish_reason == "abort":
-        event: StreamEvent = {"event": "cancelled", "message_id": job.message_id, "content": result.text}
-    else:
-        event = {
-            "event": "completed",
-            "message_id": job.message_id,
-            "content": result.text,
-            "finish_reason": result.finish_reason,
-            "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.completion_tokens,
-            "timings": _timings(job.message, result),
-        }
+
+
+def _store(*, claim: Claim, answer: Answer) -> bool:
+    """Store ``answer``; True if it was stored by this call (False: superseded, or left to
+    the reconciler after ``STORE_RETRY_SECONDS`` of database errors).
+
+    A Celery retry cannot do this: its claim sees the job running, young, and
+    drops it, and the text is gone (what a database blip did to 58 of 60 answers
+    in flight). So the delivery keeps its claim and retries the store itself,
+    with the answer stashed in Redis in case it gives up or dies.
+    """
+    job_id, attempt = claim.job.pk, claim.attempt
     try:
-        push_event(claim.conversation_id, event)
-    except (redis.exceptions.RedisError, OSError):
-        # The answer is stored; clients read it from the conversation.
-        logger.exception("could not push the end of job %s", job.pk)
+        return job_finish(claim=claim, answer=answer)
+    except (OperationalError, InterfaceError) as exc:
+        logger.warning("job %s: storing the answer failed (%s); stashing it and retrying", job_id, exc)
+    stashed = answer_stash(job_id=job_id, attempt=attempt, answer=answer)
+    deadline = time.monotonic() + STORE_RETRY_SECONDS
+    delay = 0.25
+    while time.monotonic() < deadline:
+        time.sleep(delay)
+        delay = min(2 * delay, 2.0)
+        connection.close()  # a broken connection goes back to the pool, which drops it
+        try:
+            stored = job_finish(claim=claim, answer=answer)
+        except (OperationalError, InterfaceError):
+            continue
+        if stashed:
+            answer_unstash(job_id=job_id, attempt=attempt)
+        return stored
+    connection.close()
+    logger.error(
+        "job %s: could not store its answer for %.0f s; %s",
+        job_id,
+        STORE_RETRY_SECONDS,
+        "the reconciler stores it from its stash"
+        if stashed
+        else "nothing kept it (Redis failed too): the reconciler runs it again",
+    )
+    return False
 
 
 def _retry_or_fail(*, claim: Claim, error: str, kind: InferenceJob.ErrorKind, cause: Exception) -> None:
@@ -170,18 +216,3 @@ def _retry_or_fail(*, claim: Claim, error: str, kind: InferenceJob.ErrorKind, ca
 def _traceback(exc: BaseException) -> str:
     """The failure's traceback as operators read it in the admin (failures only: not free)."""
     return "".join(traceback.format_exception(exc))
-
-
-def _ms(delta: timedelta | None) -> float | None:
-    return None if delta is None else round(delta.total_seconds() * 1000, 1)
-
-
-def _timings(message: Message, result: GenerationResult) -> Timings:
-    started = message.started_at or timezone.now()
-    return {
-        "queued_ms": _ms(started - message.queued_at) if message.queued_at else None,
-        "time_to_first_token_ms": _ms(result.first_token_at - message.queued_at)
-        if result.first_token_at and message.queued_at
-        else None,
-        "generation_ms": _ms(result.finished_at - started),
-    }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import threading
 from collections.abc import Mapping
@@ -51,13 +52,17 @@ def start_engine(sender: Any = None, **kwargs: Any) -> None:
     if not model:
         return
     from workers import runtime
+    from workers.broker import redis_transport_survive_reconnects
 
+    redis_transport_survive_reconnects()
     spec = worker_model_spec(os.environ)
     if spec is None:
         logger.critical("%s=%r is not in the model registry", WORKER_MODEL_ENV, model)
         sys.exit(EXIT_ENGINE_FAILED)
+    # The worker's node name (``--hostname``), known before worker_init is sent.
+    nodename = getattr(sender, "hostname", None) or socket.gethostname()
     try:
-        runtime.start_host(spec)
+        runtime.start_host(spec, nodename=nodename)
     except Exception as exc:
         logger.critical("engine for model %r could not start: %s", model, exc, exc_info=True)
         print(f"engine for model {model!r} could not start: {exc}", file=sys.stderr, flush=True)

@@ -50,7 +50,7 @@ class InferenceTask(Task):  # type: ignore[misc]
 @shared_task(bind=True, base=InferenceTask, name=RUN_JOB_TASK)
 def run_job(self: InferenceTask, job_id: int) -> None:
     try:
-        job_run(job_id=job_id, worker=self.request.hostname or "")
+        job_run(job_id=job_id)
     except JobInterrupted as exc:
         # Back to the broker, for this worker's successor or a sibling.
         raise Reject(str(exc), requeue=True) from exc

@@ -11,7 +11,9 @@ order and fill any gap from the stream (``events_since``), which is also how
 a reconnecting client catches up.
 
 Who writes: a worker's ``EventPublisher`` (``conversations.streams.publisher``),
-and ``push_event`` (``conversations.streams.push``) outside an engine loop.
+``push_event`` (``conversations.streams.push``) outside an engine loop, and
+the reconciler the final events Redis could not take when their answers were
+stored (``publish_missing_finals``).
 Who reads: the WebSocket consumer, and the web process's ``StreamHub``
 (``conversations.streams.hub``) for the OpenAI API.
 """
@@ -39,18 +41,48 @@ from llmproject.redis_client import redis_client
 # client connecting mid-answer can replay it from its start. Atomic, so the
 # stream order is the seq order even with several publishers. Returns the seq
 # and whether a WebSocket consumer listens to the conversation.
+#
+# A counter that does not exist yet starts at Redis's clock in microseconds,
+# not at 1: when Redis loses a conversation's keys (a restart without
+# persistence, an expiry), its new events must still come after every seq a
+# client has seen, or a client resuming from its last seq skips them (its
+# ``after`` would be above them). Numbers stay below 2**53 (exact in
+# JavaScript) until the year 2255. Lua's own number formatting would print
+# them as 1.7e+15: they are formatted as integers.
+#
+# A message's final event is appended once (the ``finals`` hash: message id ->
+# seq): the reconciler sends the final event of an answer stored while Redis
+# could not take it, and a late copy must not end the answer twice. A
+# ``started`` (a new attempt) opens the message again.
 _APPEND_LUA = """
-local seq = redis.call('INCR', KEYS[1])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'e', ARGV[1])
-if ARGV[4] == 'started' then
-  redis.call('HSET', KEYS[3], ARGV[5], seq)
-elseif ARGV[4] == 'final' then
-  redis.call('HDEL', KEYS[3], ARGV[5])
+local kind = ARGV[4]
+if kind == 'final' then
+  local done = redis.call('HGET', KEYS[5], ARGV[5])
+  if done then
+    return {tonumber(done), 0, 0}
+  end
 end
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('EXPIRE', KEYS[3], ARGV[3])
-return {seq, redis.call('EXISTS', KEYS[4])}
+local seq = redis.call('INCR', KEYS[1])
+if seq == 1 then
+  local now = redis.call('TIME')
+  seq = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  redis.call('SET', KEYS[1], string.format('%d', seq))
+end
+local id = string.format('%d', seq)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], id .. '-0', 'e', ARGV[1])
+if kind == 'started' then
+  redis.call('HSET', KEYS[3], ARGV[5], id)
+  redis.call('HDEL', KEYS[5], ARGV[5])
+elseif kind == 'final' then
+  redis.call('HDEL', KEYS[3], ARGV[5])
+  redis.call('HSET', KEYS[5], ARGV[5], id)
+end
+for i = 1, 5 do
+  if i ~= 4 then
+    redis.call('EXPIRE', KEYS[i], ARGV[3])
+  end
+end
+return {seq, redis.call('EXISTS', KEYS[4]), 1}
 """
 _APPEND_SHA = hashlib.sha1(_APPEND_LUA.encode()).hexdigest()
 
@@ -59,11 +91,11 @@ def group_name(conversation_id: int) -> str:
     return f"conversation.{conversation_id}"
 
 
-def _keys(conversation_id: int) -> tuple[str, str, str, str]:
-    """The conversation's counter, stream, in-flight hash and listeners hash."""
+def _keys(conversation_id: int) -> tuple[str, str, str, str, str]:
+    """The conversation's counter, stream, in-flight hash, listeners hash and finals hash."""
     # The hash tag keeps one conversation's keys in one Redis Cluster slot.
     tag = f"llm:{{conv:{conversation_id}}}"
-    return f"{tag}:seq", f"{tag}:events", f"{tag}:inflight", f"{tag}:listeners"
+    return f"{tag}:seq", f"{tag}:events", f"{tag}:inflight", f"{tag}:listeners", f"{tag}:finals"
 
 
 def stream_key(conversation_id: int) -> str:
@@ -85,7 +117,7 @@ async def events_since(conversation_id: int, after_seq: int) -> list[dict[str, A
 
 async def stream_position(conversation_id: int) -> tuple[int, dict[int, int]]:
     """The last seq published, and the messages in flight with the seq they started at."""
-    seq_key, _, inflight_key, _ = _keys(conversation_id)
+    seq_key, _, inflight_key, _, _ = _keys(conversation_id)
     async with redis_client().pipeline(transaction=True) as pipe:
         pipe.get(seq_key)
         pipe.hgetall(inflight_key)
@@ -115,7 +147,16 @@ async def store_events(
     batch: Sequence[tuple[int, StreamEvent]], *, client: aioredis.Redis | None = None
 ) -> list[tuple[int, bool]]:
     """Append ``batch`` to the conversations' streams in one Redis round trip; returns
-    each event's seq and whether a WebSocket consumer listens to its conversation."""
+    each event's seq and whether a WebSocket consumer listens to its conversation (never,
+    for a final event the message already has: it is not appended again, its seq is the
+    first one's)."""
+    return [(seq, listening) for seq, listening, _ in await _append(batch, client=client)]
+
+
+async def _append(
+    batch: Sequence[tuple[int, StreamEvent]], *, client: aioredis.Redis | None = None
+) -> list[tuple[int, bool, bool]]:
+    """``store_events``, and whether each event was appended."""
     client = client or redis_client()
     maxlen, ttl = str(settings.LLM_STREAM_MAXLEN), str(settings.LLM_STREAM_TTL_SECONDS)
     calls = []
@@ -124,7 +165,7 @@ async def store_events(
         marker = "started" if kind == "started" else "final" if kind in FINAL_EVENTS else ""
         calls.append((*_keys(conversation_id), json.dumps(event), maxlen, ttl, marker, event["message_id"]))
     results = await _evalsha_all(client, calls)
-    return [(int(seq), bool(listening)) for seq, listening in results]
+    return [(int(seq), bool(listening), bool(appended)) for seq, listening, appended in results]
 
 
 async def _evalsha_all(client: aioredis.Redis, calls: list[tuple[Any, ...]]) -> list[Any]:
@@ -133,7 +174,7 @@ async def _evalsha_all(client: aioredis.Redis, calls: list[tuple[Any, ...]]) -> 
     pipelined scripts ask SCRIPT EXISTS on every execute."""
     async with client.pipeline(transaction=False) as pipe:
         for call in calls:
-            pipe.evalsha(_APPEND_SHA, 4, *call)
+            pipe.evalsha(_APPEND_SHA, 5, *call)
         results = await pipe.execute(raise_on_error=False)
     missing = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
     if missing:
@@ -141,7 +182,7 @@ async def _evalsha_all(client: aioredis.Redis, calls: list[tuple[Any, ...]]) -> 
         await client.script_load(_APPEND_LUA)
         async with client.pipeline(transaction=False) as pipe:
             for i in missing:
-                pipe.evalsha(_APPEND_SHA, 4, *calls[i])
+                pipe.evalsha(_APPEND_SHA, 5, *calls[i])
             for i, result in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
                 results[i] = result
     for result in results:
@@ -159,9 +200,22 @@ async def publish_events(
     One Redis round trip for the whole batch, one ``group_send`` per listened-to
     conversation. Returns the events' seqs, in order.
     """
-    stored = await store_events(batch, client=client)
+    return [seq for seq, _ in await _publish(batch, client=client)]
+
+
+async def publish_missing_finals(batch: Sequence[tuple[int, StreamEvent]]) -> list[bool]:
+    """Publish final events of messages whose stream may lack them (Redis could not take
+    them when their answer was stored); each is appended only if its message has no
+    final event yet. Returns which were."""
+    return [appended for _, appended in await _publish(batch)]
+
+
+async def _publish(
+    batch: Sequence[tuple[int, StreamEvent]], *, client: aioredis.Redis | None = None
+) -> list[tuple[int, bool]]:
+    stored = await _append(batch, client=client)
     by_conversation: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for (conversation_id, event), (seq, listening) in zip(batch, stored, strict=True):
+    for (conversation_id, event), (seq, listening, _) in zip(batch, stored, strict=True):
         if listening:
             by_conversation[conversation_id].append({**event, "seq": seq, "conversation_id": conversation_id})
     if by_conversation:
@@ -173,4 +227,31 @@ async def publish_events(
                 for cid, events in by_conversation.items()
             )
         )
-    return [seq for seq, _ in stored]
+    return [(seq, appended) for seq, _, appended in stored]
+
+
+async def finals_recorded(messages: Sequence[tuple[int, int]]) -> list[bool]:
+    """For each (conversation id, message id): whether its stream holds the message's
+    final event (since its last ``started``). One round trip."""
+    if not messages:
+        return []
+    async with redis_client().pipeline(transaction=False) as pipe:
+        for conversation_id, message_id in messages:
+            pipe.hexists(_keys(conversation_id)[4], str(message_id))
+        return [bool(found) for found in await pipe.execute()]
+
+
+async def partial_text(conversation_id: int, message_id: int) -> str:
+    """The text of a message's deltas since its last ``started``, as its clients saw it
+    ("" if the stream no longer has them)."""
+    _, stream, inflight, _, _ = _keys(conversation_id)
+    started = await redis_client().hget(inflight, str(message_id))
+    if started is None:
+        return ""
+    entries = await redis_client().xrange(stream, min=f"{started}-0", max="+")
+    parts = []
+    for entry_id, fields in entries:
+        event = decode_entry(conversation_id, entry_id, fields)
+        if event.get("message_id") == message_id and event["event"] == "delta":
+            parts.append(event["text"])
+    return "".join(parts)

@@ -45,7 +45,8 @@ async def test_events_dropped_by_the_channel_layer_are_filled_in_from_the_stream
         [(conversation.pk, {"event": "delta", "message_id": 7, "text": "b", "tokens": 1})]
     )
     received = [await ws.receive_json_from(timeout=5) for _ in range(3)]
-    assert [(e["seq"], e["event"]) for e in received] == [(1, "started"), (2, "delta"), (3, "delta")]
+    first = received[0]["seq"]
+    assert [(e["seq"] - first, e["event"]) for e in received] == [(0, "started"), (1, "delta"), (2, "delta")]
     assert await ws.receive_nothing(timeout=0.3)
     await ws.disconnect()
 
@@ -53,7 +54,7 @@ async def test_events_dropped_by_the_channel_layer_are_filled_in_from_the_stream
 async def test_a_dropped_last_event_still_arrives(api_user):
     conversation = await database_sync_to_async(ConversationFactory)(owner=api_user.user)
     ws = await connect(conversation.pk, api_user.key)
-    await store.publish_events(
+    [started] = await store.publish_events(
         [(conversation.pk, {"event": "started", "message_id": 7, "job_id": 1, "attempt": 1})]
     )
     assert (await ws.receive_json_from(timeout=5))["event"] == "started"
@@ -71,20 +72,24 @@ async def test_a_dropped_last_event_still_arrives(api_user):
         },
     )
     completed = await ws.receive_json_from(timeout=5)
-    assert (completed["event"], completed["seq"], completed["content"]) == ("completed", 2, "done")
+    assert (completed["event"], completed["seq"], completed["content"]) == ("completed", started + 1, "done")
     await ws.disconnect()
 
 
 async def test_a_client_can_ask_to_replay_from_a_seq(api_user):
     conversation = await database_sync_to_async(ConversationFactory)(owner=api_user.user)
-    for text in "abc":
-        await store.publish_events(
-            [(conversation.pk, {"event": "delta", "message_id": 7, "text": text, "tokens": 1})]
+    seqs = [
+        *await store.publish_events(
+            [
+                (conversation.pk, {"event": "delta", "message_id": 7, "text": text, "tokens": 1})
+                for text in "abc"
+            ]
         )
+    ]
     ws = await connect(conversation.pk, api_user.key)
-    await ws.send_json_to({"type": "resume", "after": 1})
+    await ws.send_json_to({"type": "resume", "after": seqs[0]})
     received = [await ws.receive_json_from(timeout=5) for _ in range(2)]
-    assert [(e["seq"], e["text"]) for e in received] == [(2, "b"), (3, "c")]
+    assert [(e["seq"], e["text"]) for e in received] == [(seqs[1], "b"), (seqs[2], "c")]
     await ws.send_json_to({"type": "resume", "after": "x"})
     assert (await ws.receive_json_from())["event"] == "error"
     await ws.disconnect()

@@ -27,21 +27,21 @@ async def test_a_stream_followed_while_the_hub_waits_on_others_gets_its_events_a
         reading_second = asyncio.create_task(next_batch(second))
         await asyncio.sleep(0.05)
         started = time.monotonic()
-        await store.publish_events([(9002, delta(1, "b"))])
+        [seq] = await store.publish_events([(9002, delta(1, "b"))])
         batch = await reading_second
         # Far less than the hub's 2 s block: the new stream woke it.
         assert time.monotonic() - started < 0.5
-        assert [(e["seq"], e["text"], e["conversation_id"]) for e in batch] == [(1, "b", 9002)]
+        assert [(e["seq"], e["text"], e["conversation_id"]) for e in batch] == [(seq, "b", 9002)]
         await store.publish_events([(9001, delta(1, "a"))])
         assert [e["text"] for e in await reading_first] == ["a"]
 
 
 async def test_followers_of_one_stream_each_get_every_event_from_where_they_started():
-    await store.publish_events([(9003, delta(1, "x")), (9003, delta(1, "y"))])
+    x, _ = await store.publish_events([(9003, delta(1, "x")), (9003, delta(1, "y"))])
     early = hub.follow(9003, 0)
     async with contextlib.aclosing(early):
         assert [e["text"] for e in await next_batch(early)] == ["x", "y"]
-        late = hub.follow(9003, 1)  # joins a stream the hub already reads past seq 1
+        late = hub.follow(9003, x)  # joins a stream the hub already reads past x
         async with contextlib.aclosing(late):
             reading_late = asyncio.create_task(next_batch(late))
             await asyncio.sleep(0.05)

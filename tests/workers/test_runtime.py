@@ -58,7 +58,7 @@ def host(monkeypatch: pytest.MonkeyPatch) -> Iterator[runtime.EngineHost]:
     monkeypatch.setattr(runtime, "Heartbeat", NoHeartbeat)
     spec = registry.get_model("echo")
     assert spec is not None
-    host = runtime.EngineHost(spec)
+    host = runtime.EngineHost(spec, nodename="echo-0@test")
     host.start()
     yield host
     host.stop()

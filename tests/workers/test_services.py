@@ -17,6 +17,7 @@ from conversations.models import InferenceJob, Message
 from inference.engines.base import EngineError
 from tests.factories import ConversationFactory
 from workers import runtime
+from workers.heartbeat import HeldJobs
 from workers.services import TransientJobError, job_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -27,6 +28,8 @@ class FailingHost:
 
     def __init__(self, error: Exception) -> None:
         self.spec = SimpleNamespace(name="echo")
+        self.worker_id = "echo-0@test:1"
+        self.held = HeldJobs()
         self.error = error
 
     async def generate(self, **kwargs: Any) -> None:
@@ -66,7 +69,7 @@ def test_a_transient_failure_hands_the_job_back_for_a_retry(host, error, reason)
     job = _queued_job(attempts=0)
 
     with pytest.raises(TransientJobError, match=reason):
-        job_run(job_id=job.pk, worker="w")
+        job_run(job_id=job.pk)
 
     job.refresh_from_db()
     assert (job.state, job.attempts) == ("queued", 1)
@@ -78,7 +81,7 @@ def test_a_transient_failure_on_the_last_attempt_fails_the_job_and_ends_the_deli
     host(error)
     job = _queued_job(attempts=2)  # this delivery is attempt 3 of 3
 
-    job_run(job_id=job.pk, worker="w")  # returns: nothing left to retry, nothing raised
+    job_run(job_id=job.pk)  # returns: nothing left to retry, nothing raised
 
     job.refresh_from_db()
     assert (job.state, job.attempts) == ("failed", 3)
