@@ -6,7 +6,9 @@ the channel restores the messages of the tasks still running to their queue,
 through the detached transport: ``AttributeError: 'NoneType' object has no
 attribute 'hostname'``, which Celery takes for an unrecoverable error. Every
 worker with answers in flight exited on a Redis restart (seen in
-tests/faults/test_redis_restart.py); its answers were lost with it.
+tests/faults/test_redis_restart.py); its answers were lost with it. (The
+same detached transport fails this way in other paths too:
+https://github.com/celery/kombu/issues/582.)
 
 Those messages need no restoring there: their tasks run on, and store their
 answers; the messages stay in Redis's ``unacked`` hash, come back after the
