@@ -2,7 +2,7 @@
 # `make run`: the whole stack in the foreground; Ctrl-C stops all of it.
 #
 # Exit status: 0 once stopped by Ctrl-C (SIGINT) or SIGTERM; 1 if a part (web,
-# workers, flower) did not come up or exited by itself, named with its log.
+# workers, flower, reconciler) did not come up or exited by itself, named with its log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -110,6 +110,10 @@ stop_parts() {
 # A part that exited by itself: say which and where its log is, and exit 1
 # (the EXIT trap stops the rest).
 part_died() {  # part_died INDEX STATUS
+  # A terminal's Ctrl-C reaches every part too, and one (the reconciler) may
+  # exit on it before this shell has run its INT trap: give the trap its turn
+  # (it runs once this sleep ends, and exits 0) before calling it a death.
+  sleep 0.5 || true
   local log="var/log/${names[$1]}.log" how="status $2"
   if [ "$2" -gt 128 ]; then how="killed by SIG$(kill -l "$(($2 - 128))")"; fi
   echo "${names[$1]} exited by itself ($how); the end of its log, $log:" >&2
@@ -178,7 +182,7 @@ cat <<MSG
   Admin            http://127.0.0.1:$PORT/admin/      same user and password
   Flower           http://127.0.0.1:$FLOWER_PORT/     same user and password
   API key          $key
-  Logs             var/log/{web,workers,flower}.log
+  Logs             var/log/{web,workers,flower,reconciler}.log
 
   Try it:
     curl -s -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \\
