@@ -110,9 +110,21 @@ def job_cancel(*, job: InferenceJob) -> InferenceJob:
     if not job_cancel_queued(job_id=job.pk):
         # Running (claims skip jobs with cancel_requested, so it was claimed
         # before): every worker gets the word, the one running it aborts it.
-        app.control.broadcast("cancel_job", arguments={"job_id": job.pk})
+        job_cancel_broadcast(job_id=job.pk)
     job.refresh_from_db()
     return job
+
+
+def job_cancel_broadcast(*, job_id: int) -> bool:
+    """Tell every worker to abort ``job_id`` (the one running it does). The cancel is
+    stored already: if the word cannot go out, or a worker misses it, the reconciler
+    sends it again (``RunningJobs``). False if the broker could not take it."""
+    try:
+        app.control.broadcast("cancel_job", arguments={"job_id": job_id})
+    except (BrokerError, redis.exceptions.RedisError, OSError) as exc:
+        logger.warning("could not broadcast the cancel of job %s (%s); the reconciler will", job_id, exc)
+        return False
+    return True
 
 
 def job_abandon(*, job_id: int) -> None:

@@ -9,6 +9,10 @@ ended without finishing it: the database failed the store, the release or the
 failure), or if it outlived the time limit. An orphan gets, in this order: its stashed answer
 stored (``conversations.answers``); its cancel finished, if asked; failed, at
 its attempt cap; otherwise taken back and published again (a new attempt).
+A job its live worker still runs ``CANCEL_RESEND`` seconds after its cancel was
+asked missed the word (a broadcast is not queued: a worker reconnecting to
+Redis, or the broker down when the web process sent it): it is sent again,
+every ``CANCEL_RESEND`` seconds until the job ends.
 
 Queued: a job queued longer than ``LLM_RECONCILE_GRACE`` whose message the
 broker does not have (``broker.BrokerView.has``) on two passes in a row is
@@ -30,7 +34,7 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
 from conversations.answers import answer_stashed, answer_unstash
-from conversations.dispatch import job_republish
+from conversations.dispatch import job_cancel_broadcast, job_republish
 from conversations.lifecycle import (
     job_announce,
     job_cancel_orphaned,
@@ -53,6 +57,9 @@ logger = logging.getLogger("conversations.reconciler")
 # A running job's worker aborts it at the time limit and records that within
 # moments; one still running this much later has nobody to finish it.
 OUTLIVED_GRACE = 60.0
+# A worker aborts a cancelled job within one engine step of the word: one still
+# running this long after its cancel (``updated_at``) was asked did not get it.
+CANCEL_RESEND = 5.0
 
 
 class RunningJobs:
@@ -64,6 +71,7 @@ class RunningJobs:
         # judged by how long it has not changed here, not by the worker's clock: hosts'
         # clocks may disagree by more than the TTL.
         self._beats: dict[str, tuple[float | None, float]] = {}
+        self._cancels_sent: dict[int, float] = {}  # job id -> when this reconciler last sent its cancel
 
     def reconcile(self) -> None:
         jobs = list(InferenceJob.objects.filter(state=InferenceJob.State.RUNNING).select_related("message"))
@@ -80,6 +88,7 @@ class RunningJobs:
             previous = self._beats.get(worker)
             seen[worker] = previous if previous is not None and previous[0] == at else (at, now)
         self._beats = seen
+        cancels_sent = {}
         for job in jobs:
             orphaned = self._orphaned(job, beats.get(job.worker), now - self._beats[job.worker][1])
             if orphaned is not None:
@@ -88,6 +97,29 @@ class RunningJobs:
                 except (redis.exceptions.RedisError, OSError):
                     # Its stash cannot be read: it may hold the answer. Next pass.
                     logger.warning("job %s: Redis unavailable, left for the next pass", job.pk, exc_info=True)
+            elif job.cancel_requested and (sent := self._cancel_again(job, now)) is not None:
+                cancels_sent[job.pk] = sent
+        self._cancels_sent = cancels_sent
+
+    def _cancel_again(self, job: InferenceJob, now: float) -> float | None:
+        """Send the cancel of ``job`` again if its live worker has run it ``CANCEL_RESEND``
+        seconds since it was asked (and since this reconciler last sent it); when it was
+        last sent (None: not yet)."""
+        sent = self._cancels_sent.get(job.pk)
+        asked = (timezone.now() - job.updated_at).total_seconds()
+        if asked < CANCEL_RESEND or (sent is not None and now - sent < CANCEL_RESEND):
+            return sent
+        if job_cancel_broadcast(job_id=job.pk):
+            if sent is None:
+                job_reconciled(
+                    job=job,
+                    attempt=job.attempts,
+                    action="cancel_resent",
+                    reason="its worker missed the cancel",
+                )
+            action_recorded(action="cancel_resent", model=job.model)
+            logger.warning("job %s: still running %.0f s after its cancel; sent it again", job.pk, asked)
+        return now
 
     def _orphaned(
         self, job: InferenceJob, beat: Beat | None, silent: float

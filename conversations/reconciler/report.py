@@ -8,7 +8,8 @@ from llmproject import metrics
 
 # Actions: "requeued" (a running job taken back for a new attempt), "republished"
 # (a queued job's lost message sent again), "stored" (a stashed answer stored),
-# "cancelled" (the cancel of a job nobody runs finished), "failed" (a job at its
+# "cancelled" (the cancel of a job nobody runs finished), "cancel_resent" (the
+# cancel of a job its live worker missed, sent again), "failed" (a job at its
 # attempt cap), "final_sent" (a final event Redis had not taken), "queue_declared".
 totals: Counter[tuple[str, str]] = Counter()
 

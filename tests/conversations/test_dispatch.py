@@ -57,3 +57,20 @@ def test_a_cancel_stands_when_redis_cannot_take_its_event(api_user, settings):
     reply = Message.objects.get(pk=posted["assistant_message"]["id"])
     assert reply.status == "cancelled"
     assert ConversationEvent.objects.filter(message=reply, kind="inference_cancelled").exists()
+
+
+def test_the_cancel_of_a_running_job_stands_when_the_broker_cannot_broadcast_it(api_user, broker_down):
+    """The reconciler sends it again (tests/conversations/test_reconciler.py)."""
+    conversation = ConversationFactory(owner=api_user.user, model="spare")
+    reply = Message.objects.create(
+        conversation=conversation, role="assistant", status="streaming", model="spare"
+    )
+    job = InferenceJob.objects.create(
+        message=reply, model="spare", queue="llm.spare", state="running", attempts=1, worker="spare-0@x:1"
+    )
+
+    response = api_user.client().post(f"/api/jobs/{job.pk}/cancel/")
+
+    assert response.status_code == 202, response.content
+    job.refresh_from_db()
+    assert (job.state, job.cancel_requested) == ("running", True)

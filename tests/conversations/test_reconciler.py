@@ -1,8 +1,8 @@
 """The reconciler's rules, one pass at a time, against the tests' Redis and database.
 
-No worker runs here: the jobs are of a queue nobody consumes, their workers'
-beats are written by the test. tests/faults runs the reconciler as a process
-against real faults.
+The jobs are of a queue nobody consumes, their workers' beats written by the
+test, except for a cancel a live worker missed (the session's echo worker).
+tests/faults runs the reconciler as a process against real faults.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from django.utils import timezone
 
 from conversations.answers import Answer, answer_stash
 from conversations.models import ConversationEvent, InferenceJob, Message
+from conversations.reconciler import report
 from conversations.reconciler.jobs import QueuedJobs, RunningJobs
 from conversations.streams import store
 from inference.liveness import Beat, worker_key
 from llmproject.aio import LoopThread
 from llmproject.redis_client import sync_redis_client
+from tests.conftest import wait_for
 from tests.factories import ConversationFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -179,3 +181,57 @@ def test_a_queued_job_whose_message_is_lost_is_published_again_once():
     assert queued_task_ids() == [job.celery_task_id]  # it is there now: not published again
     actions = ConversationEvent.objects.filter(message_id=job.message_id, kind="job_reconciled")
     assert [e.payload["action"] for e in actions] == ["republished"]
+
+
+@pytest.mark.worker
+def test_a_cancel_its_live_worker_missed_is_sent_again(echo_worker, api_user, streams):
+    """The cancel is stored but its broadcast never reached the worker (as when the
+    broker was down as it was sent): the reconciler sends it again once the job has
+    run on for CANCEL_RESEND seconds, and the job stops with the text streamed so far."""
+    conversation = ConversationFactory(owner=api_user.user, model="echo")
+    posted = api_user.client().post(
+        f"/api/conversations/{conversation.pk}/messages/",
+        {"content": "go on", "max_tokens": 3000, "ignore_eos": True},  # 30 s of answer
+        format="json",
+    )
+    assert posted.status_code == 202, posted.content
+    job = InferenceJob.objects.get(pk=posted.json()["job"]["id"])
+    wait_for(lambda: store_tokens(streams, conversation.pk) > 0, timeout=20)
+    # What job_cancel stores, without its broadcast; asked longer ago than CANCEL_RESEND.
+    InferenceJob.objects.filter(pk=job.pk).update(
+        cancel_requested=True, updated_at=timezone.now() - timedelta(seconds=6)
+    )
+    rule = RunningJobs(redis=sync_redis_client(), streams=streams)
+    rule.reconcile()
+
+    job = wait_for(lambda: InferenceJob.objects.filter(pk=job.pk, state="cancelled").first(), timeout=10)
+    message = Message.objects.get(pk=job.message_id)
+    assert message.status == "cancelled"
+    assert 0 < len(message.content.split()) < 3000
+    assert message.content.startswith("Echo: go on")
+    actions = ConversationEvent.objects.filter(message_id=job.message_id, kind="job_reconciled")
+    assert [e.payload["action"] for e in actions] == ["cancel_resent"]
+
+
+def test_a_cancel_is_not_sent_again_before_its_worker_had_time_to_act(streams):
+    job = a_job(state="running", worker="test-nobody-0@live:1", cancel_requested=True)
+    beat("test-nobody-0@live:1", at=time.time(), jobs={job.pk})
+    sends = report.totals[("cancel_resent", "nobody")]
+    rule = RunningJobs(redis=sync_redis_client(), streams=streams)
+    rule.reconcile()  # asked just now
+    InferenceJob.objects.filter(pk=job.pk).update(updated_at=timezone.now() - timedelta(seconds=6))
+    beat("test-nobody-0@live:1", at=time.time(), jobs={job.pk})
+    rule.reconcile()  # sent again
+    beat("test-nobody-0@live:1", at=time.time(), jobs={job.pk})
+    rule.reconcile()  # sent less than CANCEL_RESEND ago: not yet
+
+    assert report.totals[("cancel_resent", "nobody")] == sends + 1
+    job.refresh_from_db()
+    assert job.state == "running"  # its (pretend) worker is alive: nothing else is done to it
+    actions = ConversationEvent.objects.filter(message_id=job.message_id, kind="job_reconciled")
+    assert [e.payload["action"] for e in actions] == ["cancel_resent"]
+
+
+def store_tokens(streams: LoopThread, conversation_id: int) -> int:
+    events = streams.run(store.events_since(conversation_id, 0))
+    return sum(e.get("tokens", 0) for e in events if e["event"] == "delta")
