@@ -31,6 +31,7 @@ from typing_extensions import TypedDict  # pydantic needs this one before Python
 
 import conversations.openapi  # noqa: F401  (registers the API key scheme)
 from conversations.authentication import ApiKeyAuthentication
+from llmproject.openapi import RETRY_AFTER
 from openai_api import views
 from openai_api.protocol import ChatCompletionBody
 
@@ -158,14 +159,7 @@ def _errors(*statuses: int) -> dict[int, OpenApiResponse]:
 
 
 _HEADERS = [
-    OpenApiParameter(
-        "Retry-After",
-        int,
-        OpenApiParameter.HEADER,
-        response=[429, 503],
-        required=True,
-        description="Seconds to wait before trying again.",
-    ),
+    RETRY_AFTER,
     OpenApiParameter("WWW-Authenticate", str, OpenApiParameter.HEADER, response=[401], required=True),
 ]
 

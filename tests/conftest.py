@@ -9,6 +9,7 @@ engine.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -203,6 +204,33 @@ class WorkerProcess:
         return self.proc.returncode
 
 
+@contextlib.contextmanager
+def worker_running(
+    django_db_blocker: Any,
+    model: str,
+    log_path: Path,
+    *,
+    timeout: float = 60,
+    stop_timeout: float = 30,
+    **kwargs: Any,
+) -> Iterator[WorkerProcess]:
+    """A ``WorkerProcess`` (``kwargs``: its group and environment) that answers pings, stopped on leaving."""
+    with django_db_blocker.unblock():
+        worker = WorkerProcess(model, log_path, **kwargs)
+    try:
+        worker.wait_ready(timeout)
+        yield worker
+    finally:
+        worker.stop(stop_timeout)
+
+
+def registry_with(model: str, **options: Any) -> str:
+    """The tests' registry as ``LLM_MODELS`` JSON, ``model``'s engine options updated with ``options``."""
+    models = json.loads(json.dumps(settings.LLM_MODELS))
+    models[model]["options"].update(options)
+    return json.dumps(models)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _fresh_test_redis() -> None:
     """Start from an empty test Redis database: a run that was killed can leave
@@ -235,13 +263,8 @@ def echo_worker(
     django_db_setup: None, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:
     """The session's worker for model ``echo`` (simulated engine)."""
-    with django_db_blocker.unblock():
-        worker = WorkerProcess("echo", tmp_path_factory.mktemp("worker") / "echo.log")
-    try:
-        worker.wait_ready()
+    with worker_running(django_db_blocker, "echo", tmp_path_factory.mktemp("worker") / "echo.log") as worker:
         yield worker
-    finally:
-        worker.stop()
 
 
 @pytest.fixture(scope="session")
@@ -252,13 +275,9 @@ def tiny_worker(
     from django.core.management import call_command
 
     call_command("create_tiny_model", path=settings.LLM_MODELS["tiny"]["options"]["model"])
-    with django_db_blocker.unblock():
-        worker = WorkerProcess("tiny", tmp_path_factory.mktemp("vllm") / "tiny.log")
-    try:
-        worker.wait_ready(timeout=240)
+    log = tmp_path_factory.mktemp("vllm") / "tiny.log"
+    with worker_running(django_db_blocker, "tiny", log, timeout=240, stop_timeout=60) as worker:
         yield worker
-    finally:
-        worker.stop(timeout=60)
 
 
 def wait_for(predicate: Callable[[], Any], *, timeout: float = 20, interval: float = 0.05) -> Any:

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, WorkerProcess, worker_env
+from tests.conftest import ROOT, WorkerProcess, worker_env, worker_running
 from tests.openai_api.conftest import ServerProcess, free_port, start_server
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
@@ -66,13 +66,8 @@ def slow_worker(
     django_db_setup: None, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:
     """The session's worker for model ``slow``: answers of 1.6 to 4.8 s, one token a delta."""
-    with django_db_blocker.unblock():
-        worker = WorkerProcess("slow", tmp_path_factory.mktemp("worker") / "slow.log")
-    try:
-        worker.wait_ready()
+    with worker_running(django_db_blocker, "slow", tmp_path_factory.mktemp("worker") / "slow.log") as worker:
         yield worker
-    finally:
-        worker.stop()
 
 
 class ChatServer:

@@ -9,7 +9,6 @@ waiting job at once, and then order does not matter.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import pytest
@@ -20,7 +19,7 @@ from conversations.admission import queue_keys
 from conversations.authentication import api_key_create
 from conversations.models import ApiKey, InferenceJob
 from inference.registry import get_model
-from tests.conftest import WorkerProcess, wait_for
+from tests.conftest import WorkerProcess, registry_with, wait_for, worker_running
 from tests.factories import ConversationFactory
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
@@ -35,16 +34,13 @@ def forget_spare_queue() -> None:
 @pytest.fixture(scope="module")
 def one_at_a_time_worker(django_db_blocker, tmp_path_factory) -> Iterator[WorkerProcess]:
     forget_spare_queue()
-    models = json.loads(json.dumps(settings.LLM_MODELS))
-    models["spare"]["options"]["max_num_seqs"] = 1
-    with django_db_blocker.unblock():
-        log = tmp_path_factory.mktemp("priority") / "spare.log"
-        worker = WorkerProcess("spare", log, LLM_MODELS=json.dumps(models))
+    log = tmp_path_factory.mktemp("priority") / "spare.log"
     try:
-        worker.wait_ready()
-        yield worker
+        with worker_running(
+            django_db_blocker, "spare", log, LLM_MODELS=registry_with("spare", max_num_seqs=1)
+        ) as worker:
+            yield worker
     finally:
-        worker.stop()
         forget_spare_queue()
 
 

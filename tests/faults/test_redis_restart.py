@@ -72,6 +72,28 @@ def assert_clients_end_with_the_stored_answer(
         assert finals_in_stream(stack, posted[pk][0]) == {"completed": 1}
 
 
+def restart_mid_stream(
+    stack: FaultStack,
+    watchers: dict[int, StreamWatcher],
+    posted: dict[int, tuple[int, str]],
+    *,
+    persistent: bool,
+) -> None:
+    """Once every watcher has had a few deltas, restart Redis (away long enough for the
+    answers to end meanwhile: their last events find no Redis); then every job ended once
+    and every watcher, reconnected, ends with its stored answer."""
+    try:
+        wait_for(lambda: all(sum(e["event"] == "delta" for e in w.events) >= 3 for w in watchers.values()))
+        outage = stack.restart_redis(persistent=persistent, down_for=4)
+        for watcher in watchers.values():
+            watcher.reconnect()
+        assert_each_job_ended_once(stack, posted, timeout=30, outage=outage)
+        assert_clients_end_with_the_stored_answer(stack, watchers, posted)
+    finally:
+        for watcher in watchers.values():
+            watcher.close()
+
+
 def test_a_redis_restart_with_persistence_loses_no_job_and_no_client_misses_its_answer(
     healthy_stack, api_user
 ):
@@ -81,17 +103,7 @@ def test_a_redis_restart_with_persistence_loses_no_job_and_no_client_misses_its_
         stack.ensure_healthy()
     posted = post(stack, api_user, 4, "kept")
     watchers = {pk: stack.watch(api_user.key, conversation_id) for pk, (conversation_id, _) in posted.items()}
-    try:
-        wait_for(lambda: all(sum(e["event"] == "delta" for e in w.events) >= 3 for w in watchers.values()))
-        # Away long enough for the answers to end meanwhile: their last events find no Redis.
-        outage = stack.restart_redis(persistent=True, down_for=4)
-        for watcher in watchers.values():
-            watcher.reconnect()
-        assert_each_job_ended_once(stack, posted, timeout=30, outage=outage)
-        assert_clients_end_with_the_stored_answer(stack, watchers, posted)
-    finally:
-        for watcher in watchers.values():
-            watcher.close()
+    restart_mid_stream(stack, watchers, posted, persistent=True)
 
 
 def test_a_redis_restart_without_persistence_loses_no_job_and_no_client_misses_its_answer(
@@ -107,16 +119,7 @@ def test_a_redis_restart_without_persistence_loses_no_job_and_no_client_misses_i
     )
     assert sum(j.state == "queued" for j in jobs_of(list(posted)).values()) == 4
     watchers = {pk: stack.watch(api_user.key, posted[pk][0]) for pk in running[:2]}
-    try:
-        wait_for(lambda: all(sum(e["event"] == "delta" for e in w.events) >= 3 for w in watchers.values()))
-        outage = stack.restart_redis(persistent=False, down_for=4)
-        for watcher in watchers.values():
-            watcher.reconnect()
-        assert_each_job_ended_once(stack, posted, timeout=30, outage=outage)
-        assert_clients_end_with_the_stored_answer(stack, watchers, posted)
-    finally:
-        for watcher in watchers.values():
-            watcher.close()
+    restart_mid_stream(stack, watchers, posted, persistent=False)
     republished = ConversationEvent.objects.filter(
         kind="job_reconciled", payload__action="republished", message__job__in=list(posted)
     ).count()

@@ -22,7 +22,7 @@ from django.test import override_settings
 from conversations.admission import queue_keys
 from conversations.models import InferenceJob
 from inference.registry import get_model
-from tests.conftest import WorkerProcess, wait_for
+from tests.conftest import WorkerProcess, wait_for, worker_running
 from tests.factories import ConversationFactory
 from tests.openai_api.conftest import ServerProcess, start_server
 from tests.openai_api.test_disconnect_and_overload import database_writes_blocked
@@ -50,14 +50,11 @@ def queued() -> int:
 @pytest.fixture
 def paused_spare_worker(django_db_blocker, tmp_path) -> Iterator[WorkerProcess]:
     purge_spare_queue()
-    with django_db_blocker.unblock():
-        worker = WorkerProcess("spare", tmp_path / "spare.log")
     try:
-        worker.wait_ready()
-        worker.pause()
-        yield worker
+        with worker_running(django_db_blocker, "spare", tmp_path / "spare.log") as worker:
+            worker.pause()
+            yield worker
     finally:
-        worker.stop()
         purge_spare_queue()  # the jobs left queued are this test's
 
 

@@ -23,7 +23,7 @@ from conversations.models import InferenceJob
 from inference.breaker import breaker_key, breaker_states
 from inference.engines.simulated import TRANSIENT_MARKER
 from inference.registry import get_model
-from tests.conftest import WorkerProcess, wait_for
+from tests.conftest import WorkerProcess, wait_for, worker_running
 from tests.factories import ConversationFactory
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
@@ -39,14 +39,9 @@ def forget_spare() -> None:
 
 @pytest.fixture(scope="module")
 def module_spare_worker(django_db_blocker, tmp_path_factory) -> Iterator[WorkerProcess]:
-    with django_db_blocker.unblock():
-        log = tmp_path_factory.mktemp("breaker") / "spare.log"
-        worker = WorkerProcess("spare", log, LLM_BREAKER_FAILURES="2")
-    try:
-        worker.wait_ready()
+    log = tmp_path_factory.mktemp("breaker") / "spare.log"
+    with worker_running(django_db_blocker, "spare", log, LLM_BREAKER_FAILURES="2") as worker:
         yield worker
-    finally:
-        worker.stop()
 
 
 @pytest.fixture

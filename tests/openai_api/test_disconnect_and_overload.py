@@ -10,14 +10,13 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-from django.conf import settings
 from django.db import connection, transaction
 
 from conversations.dispatch import job_abandon
 from conversations.models import InferenceJob
 from inference.engines.simulated import simulated_tokens
 from inference.requests import ChatMessage
-from tests.conftest import WorkerProcess, wait_for
+from tests.conftest import registry_with, wait_for, worker_running
 from tests.openai_api.conftest import start_server
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
@@ -166,15 +165,9 @@ def test_a_client_gone_while_its_request_is_stored_has_its_job_cancelled(
 @pytest.fixture
 def one_slot_spare_worker(django_db_blocker, tmp_path):
     """A worker for "spare" that runs one job at a time, so the next ones wait in its queue."""
-    models = json.loads(json.dumps(settings.LLM_MODELS))
-    models["spare"]["options"]["max_num_seqs"] = 1
-    with django_db_blocker.unblock():
-        worker = WorkerProcess("spare", tmp_path / "spare.log", LLM_MODELS=json.dumps(models))
-    try:
-        worker.wait_ready()
+    models = registry_with("spare", max_num_seqs=1)
+    with worker_running(django_db_blocker, "spare", tmp_path / "spare.log", LLM_MODELS=models) as worker:
         yield worker
-    finally:
-        worker.stop()
 
 
 @pytest.fixture

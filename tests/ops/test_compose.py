@@ -16,6 +16,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
+# What compose needs from the environment, with no default.
+SECRETS = ("SECRET_KEY", "POSTGRES_PASSWORD", "METRICS_TOKEN", "FLOWER_BASIC_AUTH", "GRAFANA_ADMIN_PASSWORD")
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +38,7 @@ def test_compose_runs_every_service_the_readme_lists_and_no_other(compose):
 def test_no_secret_has_a_default_and_none_enters_the_image(compose):
     text = COMPOSE.read_text()
     assert "change-me" not in text.lower()
-    for name in (
-        "SECRET_KEY",
-        "POSTGRES_PASSWORD",
-        "METRICS_TOKEN",
-        "FLOWER_BASIC_AUTH",
-        "GRAFANA_ADMIN_PASSWORD",
-    ):
+    for name in SECRETS:
         uses = re.findall(r"\$\{" + name + r"([^}]*)\}", text)
         assert uses, name
         assert all(use.startswith(":?") for use in uses), f"{name} must be required, not defaulted: {uses}"
@@ -118,18 +114,7 @@ def test_docker_compose_config_accepts_the_file_where_compose_is_installed(tmp_p
     if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode:
         pytest.skip("the docker compose plugin is not installed here")
     env = tmp_path / ".env"
-    env.write_text(
-        "\n".join(
-            f"{name}=x"
-            for name in (
-                "SECRET_KEY",
-                "POSTGRES_PASSWORD",
-                "METRICS_TOKEN",
-                "FLOWER_BASIC_AUTH",
-                "GRAFANA_ADMIN_PASSWORD",
-            )
-        )
-    )
+    env.write_text("\n".join(f"{name}=x" for name in SECRETS))
     check = subprocess.run(
         [docker, "compose", "--env-file", str(env), "-f", str(COMPOSE), "config", "--quiet"],
         capture_output=True,
